@@ -33,7 +33,9 @@ def derive_seed(seed: int, stream: str, *keys: int | str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-def make_generator(seed: int, stream: str, *keys: int | str, device: str | torch.device = "cpu") -> torch.Generator:
+def make_generator(
+    seed: int, stream: str, *keys: int | str, device: str | torch.device = "cpu"
+) -> torch.Generator:
     """A fresh ``torch.Generator`` on ``device`` seeded from ``derive_seed(seed, stream, *keys)``."""
     generator = torch.Generator(device=device)
     generator.manual_seed(derive_seed(seed, stream, *keys))

@@ -1,0 +1,1 @@
+"""Studies: spec -> runs -> report."""

@@ -1,0 +1,29 @@
+"""One training loop for every objective, with optimiser, schedules and checkpoints."""
+
+from cslrobust.training.checkpoint import (
+    Checkpoint,
+    find_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_weights,
+    save_weights,
+)
+from cslrobust.training.loop import LoopSettings, TrainResult, train
+from cslrobust.training.metric_log import MetricLog
+from cslrobust.training.optim import build_sgd
+from cslrobust.training.schedules import warmup_cosine
+
+__all__ = [
+    "Checkpoint",
+    "LoopSettings",
+    "MetricLog",
+    "TrainResult",
+    "build_sgd",
+    "find_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_weights",
+    "save_weights",
+    "train",
+    "warmup_cosine",
+]

@@ -1,0 +1,257 @@
+"""Command-line interface: parse -> validated config -> call a stage. No logic beyond that.
+
+User errors (bad config values, missing files, checksum mismatches, ...) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from cslrobust.errors import CslRobustError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Adversarial susceptibility of contrastive vs supervised encoders (and its remedy).",
+)
+study_app = typer.Typer(
+    no_args_is_help=True, help="Run a study file: every method and seed, then a report."
+)
+app.add_typer(study_app, name="study")
+
+T = TypeVar("T")
+
+
+def _guard(call: Callable[[], T]) -> T:
+    """Run ``call``; turn user errors into one line on stderr and exit code 2."""
+    try:
+        return call()
+    except CslRobustError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted; run the same command again (with --resume for train) to continue",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CslRobustError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: key.sub=value (repeatable)."),
+]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
+]
+DeviceOption = Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda:0.")]
+
+
+@app.command("train")
+def train_command(
+    config: Annotated[Path | None, typer.Argument(help="YAML run config (optional).")] = None,
+    set_: SetOption = None,
+    name: Annotated[str | None, typer.Option(help="Run name (folder under output dir).")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Folder holding run folders.")] = None,
+    objective: Annotated[
+        str | None, typer.Option(help="supervised, simclr, supcon or simclr_fnr.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
+    device: DeviceOption = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option(help="Data cache folder (default $CSLROBUST_DATA or ~/.cache/cslrobust)."),
+    ] = None,
+    data_source: Annotated[
+        Path | None,
+        typer.Option(help="ImageFolder folder or .tar(.gz) to read instead of downloading."),
+    ] = None,
+    train_per_class: Annotated[
+        int | None, typer.Option(help="Stratified training subset: images per class.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the run's latest checkpoint.")
+    ] = False,
+    progress: ProgressOption = True,
+) -> None:
+    """Train one encoder; writes checkpoints, config.json and train.json into the run folder."""
+    from cslrobust.config import load_run_config
+    from cslrobust.study.stages import run_train
+
+    flags: dict[str, Any] = {
+        "name": name,
+        "output_dir": output_dir,
+        "objective.name": objective,
+        "train.epochs": epochs,
+        "seed": seed,
+        "device": device,
+        "data.root": data_root,
+        "data.source": data_source,
+        "data.train_per_class": train_per_class,
+    }
+    overrides = list(set_ or []) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+
+    def call() -> None:
+        cfg = load_run_config(config, overrides)
+        typer.echo(f"run {cfg.name} (id {cfg.run_id()}) -> {cfg.run_dir}")
+        summary = run_train(cfg, resume=resume, progress=progress)
+        last = summary["history"][-1] if summary["history"] else {}
+        typer.echo(
+            f"trained {summary['epochs']} epochs in {summary['wall_seconds']:.0f} s; "
+            f"final loss {last.get('loss', float('nan')):.4f}; checkpoint {summary['checkpoint']}"
+        )
+
+    _guard(call)
+
+
+@app.command("probe")
+def probe_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder made by 'train'.")],
+    epoch: Annotated[
+        int | None, typer.Option(help="Probe this epoch's checkpoint (default: latest).")
+    ] = None,
+    device: DeviceOption = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Fit a linear probe on frozen features; writes probe.json and probe.safetensors."""
+    from cslrobust.study.stages import run_probe
+
+    def call() -> None:
+        record = run_probe(run_dir, epoch=epoch, device=device, progress=progress)
+        line = (
+            f"probe (epoch {record['checkpoint_epoch']}): val {record['val_accuracy']:.4f} "
+            f"(best probe epoch {record['best_epoch']}), test {record['test_accuracy']:.4f}"
+        )
+        if "own_head_test_accuracy" in record:
+            line += f", own head test {record['own_head_test_accuracy']:.4f}"
+        typer.echo(line)
+
+    _guard(call)
+
+
+@app.command("attack")
+def attack_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a probe.")],
+    attack: Annotated[str | None, typer.Option(help="Comma-separated attacks: fgsm,pgd.")] = None,
+    eps: Annotated[
+        str | None, typer.Option(help="L-inf radii in units of 1/255, e.g. 0.5,1,2,4.")
+    ] = None,
+    eps_l2: Annotated[
+        str | None, typer.Option(help="L2 radii in [0,1] pixel units, e.g. 0.1,0.25.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="PGD steps.")] = None,
+    restarts: Annotated[int | None, typer.Option(help="PGD restarts.")] = None,
+    n_images: Annotated[
+        int | None, typer.Option(help="Test images attacked (fixed subset).")
+    ] = None,
+    head: Annotated[
+        str | None, typer.Option(help="probe (default) or own (supervised model's classifier).")
+    ] = None,
+    device: DeviceOption = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Attack normalise -> backbone -> head in eval mode; writes attack.json."""
+    from cslrobust.study.stages import run_attack
+
+    def call() -> None:
+        overrides: dict[str, Any] = {}
+        if attack is not None:
+            overrides["attacks"] = [a.strip() for a in attack.split(",") if a.strip()]
+        for key, value in (
+            ("eps_linf", _floats(eps, "--eps")),
+            ("eps_l2", _floats(eps_l2, "--eps-l2")),
+        ):
+            if value is not None:
+                overrides[key] = value
+        for key, value in (
+            ("steps", steps),
+            ("restarts", restarts),
+            ("n_images", n_images),
+            ("head", head),
+        ):
+            if value is not None:
+                overrides[key] = value
+        record = run_attack(run_dir, overrides=overrides, device=device, progress=progress)
+        typer.echo(f"{record['name']}: {record['n_images']} test images, head={record['head']}")
+        for row in record["results"]:
+            typer.echo(
+                f"  {row['attack']:>4} {row['norm']:>4} eps {row['eps_display']:>8}: "
+                f"clean {100 * row['clean_accuracy']:5.1f}%  robust {100 * row['robust_accuracy']:5.1f}%  "
+                f"success {100 * row['attack_success_rate']:5.1f}%"
+            )
+
+    _guard(call)
+
+
+@study_app.command("run")
+def study_run_command(
+    study: Annotated[Path, typer.Argument(help="Study YAML file (see presets/).")],
+    set_: SetOption = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Run every missing stage of every (method, seed) cell, then write the report."""
+    from cslrobust.study.report import write_summary
+    from cslrobust.study.runner import run_study
+    from cslrobust.study.spec import load_study
+
+    def call() -> None:
+        tic = time.perf_counter()
+        spec = load_study(study, set_ or [])
+        typer.echo(
+            f"study {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds -> {spec.output_dir}"
+        )
+        cells = run_study(spec, progress=progress, echo=typer.echo)
+        wall = time.perf_counter() - tic
+        text, report = write_summary(
+            cells, spec.output_dir, title=f"Study {spec.name}", wall_seconds=wall
+        )
+        typer.echo("\n" + text)
+        typer.echo(f"\nwall time {wall / 60:.1f} min; report: {report}")
+
+    _guard(call)
+
+
+@study_app.command("report")
+def study_report_command(
+    study: Annotated[Path, typer.Argument(help="Study YAML file.")],
+    set_: SetOption = None,
+) -> None:
+    """Rewrite the report from results on disk (runs no model)."""
+    from cslrobust.study.report import write_summary
+    from cslrobust.study.spec import expand_study, load_study
+
+    def call() -> None:
+        spec = load_study(study, set_ or [])
+        text, report = write_summary(
+            expand_study(spec), spec.output_dir, title=f"Study {spec.name}"
+        )
+        typer.echo(text)
+        typer.echo(f"report: {report}")
+
+    _guard(call)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="cslrobust")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

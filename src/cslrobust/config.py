@@ -1,0 +1,363 @@
+"""Typed, frozen run configuration, validated at the edge.
+
+A run is described by one :class:`RunConfig` (data, augmentation, model, objective, training, probe, attack).
+It is loaded from YAML plus ``key.sub=value`` overrides; unknown keys and out-of-range values are rejected
+with a one-line :class:`~cslrobust.errors.ConfigError` naming the key. The resolved config is saved as JSON
+next to every artifact and its canonical hash is the run id.
+
+Core functions never see these objects: each package's ``build_*`` function unpacks the section it needs
+into plain typed arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cslrobust.errors import ConfigError
+
+
+class _Section(BaseModel):
+    """Base for config sections: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which data set to use and how to subset it.
+
+    ``source`` points at an ImageFolder directory or ``.tar(.gz)`` (``split/class/image``); with
+    ``name: cifar10`` it replaces the official download (this is how the offline JPEG copy is read).
+    """
+
+    name: Literal["cifar10", "cifar100", "image_folder"] = "cifar10"
+    root: Path | None = Field(
+        default=None, description="cache folder; default $CSLROBUST_DATA or ~/.cache/cslrobust"
+    )
+    source: Path | None = None
+    download: bool = True
+    train_per_class: int | None = Field(default=None, gt=0)
+    val_per_class: int = Field(default=50, ge=0)
+
+
+class AugmentConfig(_Section):
+    """View augmentation. ``simclr`` is used by every method by default (the matched protocol)."""
+
+    kind: Literal["simclr", "crop_flip", "none"] = "simclr"
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(default=0.2, ge=0.0, le=1.0)
+    crop_padding: int = Field(
+        default=4, ge=0, description="zero padding before the crop (crop_flip)"
+    )
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"expected 0 < low <= high <= 1, got {value}")
+        return value
+
+
+class ModelConfig(_Section):
+    """Backbone and heads."""
+
+    arch: str = "resnet18"
+    width: int = Field(default=16, gt=0)
+    proj_hidden_dim: int = Field(default=512, gt=0)
+    proj_dim: int = Field(default=128, gt=0)
+    channels_last: bool = False
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        from cslrobust.models import MODELS
+
+        if value not in MODELS:
+            raise ValueError(f"unknown arch {value!r}; expected one of {MODELS.names()}")
+        return value
+
+
+class FalseNegativeConfig(_Section):
+    """False-negative removal for contrastive objectives (MISSION.md, "Definitions")."""
+
+    detector: str = "oracle"
+    mode: Literal["eliminate", "attract"] = "eliminate"
+    removal_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    warmup_epochs: int = Field(default=0, ge=0)
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, value: str) -> str:
+        from cslrobust.objectives import FN_DETECTORS
+
+        if value not in FN_DETECTORS:
+            raise ValueError(f"unknown detector {value!r}; expected one of {FN_DETECTORS.names()}")
+        return value
+
+
+class ObjectiveConfig(_Section):
+    """Training objective; ``fn`` is used only by ``simclr_fnr``."""
+
+    name: str = "simclr"
+    temperature: float = Field(default=0.5, gt=0.0)
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    fn: FalseNegativeConfig = FalseNegativeConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _known_objective(cls, value: str) -> str:
+        from cslrobust.objectives import OBJECTIVES
+
+        if value not in OBJECTIVES:
+            raise ValueError(f"unknown objective {value!r}; expected one of {OBJECTIVES.names()}")
+        return value
+
+
+class TrainConfig(_Section):
+    """Optimisation (SGD + momentum, cosine schedule with linear warm-up) and checkpointing."""
+
+    epochs: int = Field(default=20, gt=0)
+    batch_size: int = Field(default=256, ge=2)
+    lr: float = Field(default=0.3, gt=0.0, description="peak learning rate")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0.0)
+    warmup_epochs: float = Field(default=1.0, ge=0.0)
+    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    drop_last: bool = True
+    keep_last: int = Field(default=2, ge=1, description="most recent epoch checkpoints kept")
+    keep_every: int = Field(default=0, ge=0, description="also keep every k-th epoch (0: none)")
+    log_every: int = Field(default=20, gt=0, description="steps between loss fetches/finite checks")
+    tensorboard: bool = True
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}; expected <= epochs"
+            )
+        return self
+
+
+class ProbeConfig(_Section):
+    """Linear probe on frozen features (no augmentation); best epoch chosen on validation."""
+
+    epochs: int = Field(default=100, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    lr: float = Field(default=0.1, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+
+
+class AttackConfig(_Section):
+    """Attacks on the whole model (normalise -> backbone -> probe head), eval mode, [0,1] inputs.
+
+    ``eps_linf`` is in units of 1/255; ``eps_l2`` is an absolute L2 radius in [0,1] pixel space.
+    """
+
+    attacks: tuple[Literal["fgsm", "pgd"], ...] = ("fgsm", "pgd")
+    eps_linf: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    eps_l2: tuple[float, ...] = ()
+    steps: int = Field(default=10, ge=0)
+    step_size: float | None = Field(
+        default=None, gt=0.0, description="as a multiple of eps; default 2.5/steps (Madry et al.)"
+    )
+    random_start: bool = True
+    restarts: int = Field(default=1, ge=1)
+    n_images: int | None = Field(
+        default=1000, gt=0, description="test images attacked; all if null"
+    )
+    batch_size: int = Field(default=256, gt=0)
+    head: Literal["probe", "own"] = "probe"
+
+    @model_validator(mode="after")
+    def _restarts_need_random_start(self) -> AttackConfig:
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError(
+                f"restarts={self.restarts} without random_start repeats the same attack; "
+                "expected random_start: true or restarts: 1"
+            )
+        return self
+
+    @field_validator("eps_linf")
+    @classmethod
+    def _linf_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        for eps in value:
+            if not 0.0 <= eps <= 255.0:
+                raise ValueError(f"eps {eps} (in 1/255) outside [0, 255]")
+        return value
+
+    @field_validator("eps_l2")
+    @classmethod
+    def _l2_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        for eps in value:
+            if eps < 0.0:
+                raise ValueError(f"eps {eps} is negative; expected >= 0")
+        return value
+
+
+class RunConfig(_Section):
+    """Everything that defines one trained model and its evaluation."""
+
+    name: str = "run"
+    output_dir: Path = Path("runs")
+    seed: int = Field(default=0, ge=0)
+    device: str = "cpu"
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    train: TrainConfig = TrainConfig()
+    probe: ProbeConfig = ProbeConfig()
+    attack: AttackConfig = AttackConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _device_string(cls, value: str) -> str:
+        import torch
+
+        try:
+            torch.device(value)
+        except RuntimeError:
+            raise ValueError(f"not a torch device: {value!r}") from None
+        return value
+
+    @property
+    def run_dir(self) -> Path:
+        """Folder of this run's artifacts: ``output_dir/name``."""
+        return self.output_dir / self.name
+
+    def training_identity(self) -> dict[str, Any]:
+        """The parts of the config that determine the trained weights (for resume checks and run ids)."""
+        dumped = self.model_dump(mode="json")
+        return {k: dumped[k] for k in ("seed", "data", "augment", "model", "objective", "train")}
+
+    def run_id(self) -> str:
+        """Short canonical hash of :meth:`training_identity` (paths excluded)."""
+        identity = dict(self.training_identity())
+        identity["data"] = {
+            k: v for k, v in identity["data"].items() if k not in ("root", "download")
+        }
+        return canonical_hash(identity)
+
+
+def canonical_hash(payload: Mapping[str, Any]) -> str:
+    """12-hex-digit sha256 of a JSON-serialisable mapping with sorted keys."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line naming every offending key, its value and what was expected."""
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key {key!r}")
+        elif "input" in item and item["type"] != "missing":
+            parts.append(f"{key}={item['input']!r}: {message}")
+        else:
+            parts.append(f"{key}: {message}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` into a key path and a YAML-typed value.
+
+    Raises:
+        ConfigError: If ``text`` has no ``=`` or an empty key.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key.sub=value`` override set (nested dicts created)."""
+    result = json.loads(json.dumps(data, default=str))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path``.
+
+    Raises:
+        ConfigError: If the file is missing, not YAML, or not a mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else "parse error"
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}"
+        )
+    return data
+
+
+def build_run_config(data: Mapping[str, Any]) -> RunConfig:
+    """Validate a plain mapping into a :class:`RunConfig`.
+
+    Raises:
+        ConfigError: On unknown keys or invalid values; the message names each offending key.
+    """
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_run_config(path: Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Load a run config from an optional YAML file plus ``key.sub=value`` overrides (applied last)."""
+    data = read_yaml(path) if path is not None else {}
+    return build_run_config(apply_overrides(data, overrides))
+
+
+def save_config(config: BaseModel, path: Path) -> None:
+    """Write the resolved config as pretty JSON (atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def load_saved_config(path: Path) -> RunConfig:
+    """Load a config saved by :func:`save_config`."""
+    if not path.is_file():
+        raise ConfigError(
+            f"no saved config at {str(path)!r}; expected a run folder made by 'train'"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"saved config {str(path)!r} is not valid JSON: {err.msg}") from None
+    return build_run_config(data)

@@ -1,0 +1,70 @@
+"""Supervised cross-entropy as an objective plug-in (the SL baseline of the study)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cslrobust.errors import ConfigError
+from cslrobust.objectives.masks import expand_to_views
+from cslrobust.objectives.objective import OBJECTIVES, HeadKind, LossOutput, check_batch
+
+__all__ = ["SupervisedObjective"]
+
+
+@OBJECTIVES.register("supervised")
+@dataclass(frozen=True)
+class SupervisedObjective:
+    """Cross-entropy on class logits, averaged over samples and views.
+
+    With ``V > 1`` views the loss is the mean of the per-view cross-entropies, i.e. cross-entropy
+    over all ``V * B`` rows (every view has ``B`` rows).
+
+    Args:
+        label_smoothing: Label smoothing of :func:`torch.nn.functional.cross_entropy`, in
+            ``[0, 1)``.
+        n_views: Views per sample (1 is standard supervised training).
+
+    Raises:
+        ConfigError: If ``label_smoothing`` is outside ``[0, 1)`` or ``n_views < 1``.
+    """
+
+    label_smoothing: float = 0.0
+    n_views: int = 1
+    head_kind: HeadKind = field(default="classifier", init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.n_views < 1:
+            raise ConfigError(f"n_views must be >= 1 for supervised, got {self.n_views}")
+
+    def __call__(
+        self,
+        outputs: Tensor,
+        index: Tensor,
+        labels: Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        epoch: int = 0,
+    ) -> LossOutput:
+        """Cross-entropy of the logits (see :class:`~cslrobust.objectives.objective.Objective`).
+
+        Returns:
+            The loss and metrics ``loss`` and ``accuracy`` (top-1 over all views).
+
+        Shape:
+            - outputs: ``(V, B, C)`` logits
+            - index, labels: ``(B,)`` int64
+        """
+        check_batch(outputs, index, labels, self.n_views)
+        index, labels = index.to(outputs.device), labels.to(outputs.device)
+        logits = outputs.flatten(0, 1)  # (V*B, C), row v*B + b
+        targets = expand_to_views(labels, self.n_views)  # (V*B,)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            accuracy = (logits.argmax(dim=1) == targets).float().mean()
+        return LossOutput(loss=loss, metrics={"loss": loss.detach(), "accuracy": accuracy})

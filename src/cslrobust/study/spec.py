@@ -1,0 +1,114 @@
+"""Study specification: a base run config, named methods and seeds, expanded into run configs.
+
+A study file (YAML) looks like::
+
+    name: cpu-small
+    output_dir: runs/cpu-small        # relative paths are relative to the study file's folder
+    seeds: [0]
+    base:                             # any RunConfig section
+      data: {train_per_class: 500}
+      train: {epochs: 15}
+    methods:                          # method name -> overrides of base
+      supervised: {objective: {name: supervised}}
+      simclr: {objective: {name: simclr}}
+
+Each (method, seed) cell becomes one :class:`~cslrobust.config.RunConfig` named ``<method>-s<seed>``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cslrobust.config import (
+    RunConfig,
+    apply_overrides,
+    build_run_config,
+    format_validation_error,
+    read_yaml,
+)
+from cslrobust.errors import ConfigError
+
+
+class StudySpec(BaseModel):
+    """A validated study file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    output_dir: Path = Path("runs")
+    seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
+    base: dict[str, Any] = Field(default_factory=dict)
+    methods: dict[str, dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _method_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in value:
+            if not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"method name {name!r} must be letters, digits, '_' or '-'")
+        return value
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base`` (mappings merge, other values replace)."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_study(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
+    """Read and validate a study file; ``key.sub=value`` overrides apply to the file's mapping.
+
+    Relative ``output_dir`` and ``base.data.source`` paths are resolved against the file's folder.
+
+    Raises:
+        ConfigError: Naming the offending key.
+    """
+    data = apply_overrides(read_yaml(path), overrides)
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(
+            format_validation_error(err).replace("invalid config", "invalid study")
+        ) from None
+    folder = path.resolve().parent
+    output_dir = spec.output_dir if spec.output_dir.is_absolute() else folder / spec.output_dir
+    base = copy.deepcopy(spec.base)
+    source = base.get("data", {}).get("source") if isinstance(base.get("data"), dict) else None
+    if source and not Path(source).is_absolute():
+        base["data"]["source"] = str(folder / source)
+    spec = spec.model_copy(update={"output_dir": output_dir, "base": base})
+    expand_study(spec)  # validate every cell now, before anything runs
+    return spec
+
+
+def expand_study(spec: StudySpec) -> list[RunConfig]:
+    """One run config per (method, seed), in file order.
+
+    Raises:
+        ConfigError: If a cell is invalid; the message names the method and the key.
+    """
+    runs = []
+    for method, overrides in spec.methods.items():
+        for seed in spec.seeds:
+            data = deep_merge(spec.base, overrides)
+            data.update(name=f"{method}-s{seed}", output_dir=str(spec.output_dir), seed=seed)
+            try:
+                runs.append(build_run_config(data))
+            except ConfigError as err:
+                raise ConfigError(f"method {method!r}: {err}") from None
+    return runs
+
+
+def method_of(run: RunConfig) -> str:
+    """The method name of a study cell (its run name without the ``-s<seed>`` suffix)."""
+    return run.name.rsplit("-s", 1)[0]

@@ -1,0 +1,260 @@
+"""The one training loop, shared by every objective.
+
+The loop knows nothing about objective names: it asks the objective how many views it needs, runs the
+encoder on the augmented views and hands the head outputs to the objective, which returns the loss and its
+metrics. Supervised cross-entropy, SimCLR, SupCon and false-negative removal differ only in the objective.
+
+Reproducibility: the data order, the augmentation parameters and the objective's randomness of epoch ``e``
+are drawn from streams seeded by ``(seed, stream, e)``, so training ``k`` epochs and resuming for the rest
+gives the same weights as training straight through (with deterministic kernels, as on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cslrobust.errors import CheckpointError, TrainingDivergedError
+from cslrobust.objectives import Objective
+from cslrobust.provenance import provenance
+from cslrobust.seeding import derive_seed, make_generator, rng_scope
+from cslrobust.training.checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    load_state,
+    load_weights,
+    save_checkpoint,
+)
+from cslrobust.training.metric_log import MetricLog
+from cslrobust.training.optim import set_lr
+
+
+class BatchLike(Protocol):
+    """What the loop needs from a batch: ``(index, images in [0,1], labels)``."""
+
+    index: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+class TrainData(Protocol):
+    """A data set that yields device-resident batches (see ``cslrobust.data.TensorImageDataset``)."""
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Any]:
+        """Yield batches of one epoch."""
+        ...
+
+    def num_batches(self, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+        """Number of batches per epoch on each rank."""
+        ...
+
+
+ViewFn = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Plain settings of :func:`train` (built from ``TrainConfig`` by the caller)."""
+
+    epochs: int
+    batch_size: int
+    seed: int
+    log_every: int = 20
+    drop_last: bool = True
+    keep_last: int = 2
+    keep_every: int = 0
+    channels_last: bool = False
+    progress: bool = True
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`: per-epoch mean metrics and the last checkpoint."""
+
+    epochs_completed: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
+    resumed_from: int = 0
+
+
+def _check_finite(
+    loss_sum: torch.Tensor, epoch: int, step: int, checkpoint: Checkpoint | None
+) -> None:
+    value = float(loss_sum)
+    if not math.isfinite(value):
+        kept = f"epoch {checkpoint.epoch} at {checkpoint.path}" if checkpoint else "none yet"
+        raise TrainingDivergedError(
+            f"loss became {value} in epoch {epoch + 1} (by step {step}); stopped, "
+            f"last good checkpoint kept: {kept}; lower train.lr or check the data"
+        )
+
+
+def train(
+    model: nn.Module,
+    objective: Objective,
+    make_views: ViewFn,
+    data: TrainData,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: torch.Tensor,
+    checkpoint_dir: Path,
+    settings: LoopSettings,
+    *,
+    weights_metadata: dict[str, str] | None = None,
+    resume: bool = False,
+    metric_log: MetricLog | None = None,
+    epoch_hooks: Sequence[Callable[[int, dict[str, float]], None]] = (),
+) -> TrainResult:
+    """Train ``model`` with ``objective`` for ``settings.epochs`` epochs, checkpointing every epoch.
+
+    Args:
+        model: Encoder mapping [0,1] images (N, 3, H, W) to head outputs (N, D).
+        objective: Loss plug-in (``n_views``, ``__call__(outputs (V, B, D), index, labels)``).
+        make_views: ``(images (B,3,H,W) in [0,1], n_views) -> (n_views*B, 3, H, W)`` view-major.
+        data: Training data yielding device-resident batches.
+        optimizer: Optimiser over ``model``'s parameters.
+        lr_schedule: Learning rate for each optimiser step, shape (epochs * steps_per_epoch,).
+        checkpoint_dir: Folder for per-epoch checkpoints.
+        settings: Loop settings.
+        weights_metadata: Strings stored in every checkpoint's safetensors header (config, run id).
+        resume: Continue from the latest checkpoint in ``checkpoint_dir`` if there is one.
+        metric_log: Optional scalar log (JSON lines / TensorBoard).
+        epoch_hooks: Called as ``hook(epoch, epoch_metrics)`` after each epoch's checkpoint.
+
+    Returns:
+        The per-epoch metric history and the final checkpoint.
+
+    Raises:
+        TrainingDivergedError: If the loss becomes NaN/inf; the last good checkpoint is kept.
+        CheckpointError: If resuming from an incompatible checkpoint.
+    """
+    device = next(model.parameters()).device
+    steps_per_epoch = data.num_batches(settings.batch_size, settings.drop_last, settings.world_size)
+    if steps_per_epoch == 0:
+        raise CheckpointError(
+            f"batch_size={settings.batch_size} exceeds the training set; expected a smaller batch"
+        )
+    total_steps = settings.epochs * steps_per_epoch
+    if lr_schedule.numel() != total_steps:
+        raise ValueError(f"lr_schedule has {lr_schedule.numel()} steps, expected {total_steps}")
+
+    result = TrainResult(epochs_completed=0)
+    start_epoch = 0
+    last = latest_checkpoint(checkpoint_dir) if resume else None
+    if last is not None:
+        load_weights(model, last.model_file)
+        state = load_state(last)
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        result.history = [dict(h) for h in state.get("history", [])]
+        result.checkpoint = last
+        result.resumed_from = start_epoch
+        if start_epoch > settings.epochs:
+            raise CheckpointError(
+                f"checkpoint at epoch {start_epoch} is past train.epochs={settings.epochs}"
+            )
+    result.epochs_completed = start_epoch
+
+    n_views = objective.n_views
+    for epoch in range(start_epoch, settings.epochs):
+        model.train()
+        data_gen = make_generator(settings.seed, "data", epoch)
+        objective_gen = make_generator(settings.seed, "objective", epoch, device=device)
+        sums: dict[str, torch.Tensor] = {}
+        step_in_epoch = 0
+        seen = 0
+        tic = time.perf_counter()
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{settings.epochs}",
+            disable=not settings.progress or settings.rank != 0,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        with rng_scope(derive_seed(settings.seed, "augment", epoch), device):
+            batches = data.batches(
+                settings.batch_size,
+                shuffle=True,
+                generator=data_gen,
+                drop_last=settings.drop_last,
+                rank=settings.rank,
+                world_size=settings.world_size,
+            )
+            for batch in batches:
+                global_step = epoch * steps_per_epoch + step_in_epoch
+                set_lr(optimizer, float(lr_schedule[global_step]))
+                views = make_views(batch.images, n_views)  # (V*B, 3, H, W)
+                if settings.channels_last:
+                    views = views.contiguous(memory_format=torch.channels_last)
+                outputs = model(views)  # (V*B, D)
+                outputs = outputs.view(n_views, batch.images.shape[0], -1)  # (V, B, D)
+                out = objective(
+                    outputs, batch.index, batch.labels, generator=objective_gen, epoch=epoch
+                )
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+
+                metrics = {"loss": out.loss.detach(), **out.metrics}
+                for key, value in metrics.items():
+                    value = torch.as_tensor(value, device=device, dtype=torch.float32).detach()
+                    sums[key] = sums[key] + value if key in sums else value.clone()
+                step_in_epoch += 1
+                seen += batch.images.shape[0]
+                bar.update(1)
+                # Fetching the loss syncs host and device: only every ``log_every`` steps.
+                if step_in_epoch % settings.log_every == 0:
+                    _check_finite(sums["loss"], epoch, step_in_epoch, result.checkpoint)
+                    rate = seen * n_views / (time.perf_counter() - tic)
+                    bar.set_postfix(loss=f"{float(out.loss):.4f}", img_s=f"{rate:.0f}")
+        bar.close()
+        _check_finite(sums["loss"], epoch, step_in_epoch, result.checkpoint)
+        elapsed = time.perf_counter() - tic
+        epoch_metrics = {k: float(v) / step_in_epoch for k, v in sums.items()}
+        epoch_metrics["lr"] = float(lr_schedule[(epoch + 1) * steps_per_epoch - 1])
+        epoch_metrics["images_per_s"] = seen * n_views / elapsed
+        epoch_metrics["epoch_seconds"] = elapsed
+        result.history.append({"epoch": epoch + 1, **epoch_metrics})
+        if metric_log is not None:
+            metric_log.log(epoch + 1, epoch_metrics, prefix="train/")
+
+        if settings.rank == 0:
+            state = {
+                "epoch": epoch + 1,
+                "global_step": (epoch + 1) * steps_per_epoch,
+                "optimizer": optimizer.state_dict(),
+                "history": result.history,
+                "rng_cpu": torch.get_rng_state(),
+            }
+            result.checkpoint = save_checkpoint(
+                checkpoint_dir,
+                epoch + 1,
+                model,
+                state,
+                {"metrics": epoch_metrics, **provenance()},
+                weights_metadata or {},
+                keep_last=settings.keep_last,
+                keep_every=settings.keep_every,
+            )
+        result.epochs_completed = epoch + 1
+        for hook in epoch_hooks:
+            hook(epoch + 1, epoch_metrics)
+    return result

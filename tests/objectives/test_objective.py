@@ -1,0 +1,94 @@
+import pytest
+import torch
+
+from cslrobust.errors import ConfigError
+from cslrobust.objectives import (
+    OBJECTIVES,
+    LossOutput,
+    OracleDetector,
+    SimCLRFNRObjective,
+    SimCLRObjective,
+    build_objective,
+)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_objective_contract(name: str) -> None:
+    """Every registered objective builds with defaults and gives a finite, differentiable loss."""
+    objective = build_objective(name)
+    assert objective.head_kind in ("projector", "classifier")
+    assert objective.n_views >= 1
+    g = torch.Generator().manual_seed(0)
+    batch = 8
+    outputs = torch.randn(objective.n_views, batch, 10, generator=g, requires_grad=True)
+    index = torch.randperm(100, generator=g)[:batch]
+    labels = torch.randint(0, 3, (batch,), generator=g)
+
+    out = objective(outputs, index, labels, generator=torch.Generator().manual_seed(1), epoch=5)
+
+    assert isinstance(out, LossOutput)
+    assert out.loss.shape == () and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert outputs.grad is not None and torch.isfinite(outputs.grad).all()
+    assert outputs.grad.abs().sum() > 0
+    assert "loss" in out.metrics
+    for key, value in out.metrics.items():
+        assert isinstance(value, torch.Tensor) and value.shape == (), key
+        assert not value.requires_grad and torch.isfinite(value), key
+
+    with pytest.raises(ValueError):
+        objective(outputs[:, :-1], index, labels)
+    with pytest.raises(ValueError):
+        objective(torch.randn(objective.n_views + 1, batch, 10), index, labels)
+
+
+def test_build_objective_passes_typed_params() -> None:
+    assert build_objective("simclr", temperature=0.2) == SimCLRObjective(temperature=0.2)
+
+
+def test_build_objective_rejects_unknown_params_by_name() -> None:
+    with pytest.raises(ConfigError, match="temprature"):
+        build_objective("simclr", temprature=0.2)
+    with pytest.raises(ConfigError, match="head_kind"):
+        build_objective("supervised", head_kind="projector")
+    with pytest.raises(ConfigError, match="unknown objective"):
+        build_objective("byol")
+
+
+def test_build_objective_resolves_detector_names() -> None:
+    objective = build_objective(
+        "simclr_fnr", detector="oracle", detector_params={"removal_rate": 0.5}, mode="attract"
+    )
+    assert objective == SimCLRFNRObjective(
+        detector=OracleDetector(removal_rate=0.5), mode="attract"
+    )
+    with pytest.raises(ConfigError, match="removal"):
+        build_objective("simclr_fnr", detector="oracle", detector_params={"removal": 0.5})
+    with pytest.raises(ConfigError, match="detector_params"):
+        build_objective("simclr_fnr", detector_params={"removal_rate": 0.5})
+    with pytest.raises(ConfigError, match="detector"):
+        build_objective("simclr", detector="oracle")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_objective_on_cuda_matches_cpu(name: str) -> None:
+    """Same loss on CUDA (generator on the device, index and labels left on the CPU) as on CPU."""
+    objective = build_objective(name)
+    g = torch.Generator().manual_seed(0)
+    outputs = torch.randn(objective.n_views, 32, 16, generator=g, dtype=torch.float64)
+    index = torch.randperm(1000, generator=g)[:32]
+    labels = torch.randint(0, 4, (32,), generator=g)
+    cpu = objective(outputs, index, labels)
+    cuda_outputs = outputs.cuda().requires_grad_()
+    gpu = objective(
+        cuda_outputs, index, labels, generator=torch.Generator(device="cuda").manual_seed(0)
+    )
+    gpu.loss.backward()
+    assert gpu.loss.device.type == "cuda"
+    torch.testing.assert_close(gpu.loss.cpu(), cpu.loss)
+    assert cuda_outputs.grad is not None and torch.isfinite(cuda_outputs.grad).all()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        half = objective(outputs.float().cuda(), index.cuda(), labels.cuda())
+    assert torch.isfinite(half.loss)
