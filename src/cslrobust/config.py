@@ -75,7 +75,7 @@ class ModelConfig(_Section):
     width: int = Field(default=16, gt=0)
     proj_hidden_dim: int = Field(default=512, gt=0)
     proj_dim: int = Field(default=128, gt=0)
-    channels_last: bool = False
+    channels_last: bool = True  # faster convolutions on CPU (~1.5x here) and on GPU
 
     @field_validator("arch")
     @classmethod

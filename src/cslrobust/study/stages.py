@@ -359,7 +359,8 @@ def run_attack(
     model = Classifier(encoder, head).to(dev)
 
     subset = eval_subset(splits.test.labels.cpu(), att.n_images)
-    images = splits.test.images[subset.to(splits.test.images.device)]
+    # Attacks take [0,1] float images; the data set stores uint8.
+    images = splits.test.images[subset.to(splits.test.images.device)].float().div_(255)
     labels = splits.test.labels[subset.to(splits.test.labels.device)]
     rows = []
     budgets = [("linf", e / 255.0, e) for e in att.eps_linf] + [("l2", e, e) for e in att.eps_l2]

@@ -224,7 +224,7 @@ def train(
                 if step_in_epoch % settings.log_every == 0:
                     _check_finite(sums["loss"], epoch, step_in_epoch, result.checkpoint)
                     rate = seen * n_views / (time.perf_counter() - tic)
-                    bar.set_postfix(loss=f"{float(out.loss):.4f}", img_s=f"{rate:.0f}")
+                    bar.set_postfix(loss=f"{float(out.loss.detach()):.4f}", img_s=f"{rate:.0f}")
         bar.close()
         _check_finite(sums["loss"], epoch, step_in_epoch, result.checkpoint)
         elapsed = time.perf_counter() - tic

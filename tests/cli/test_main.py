@@ -1,0 +1,47 @@
+"""CLI: bad input gives one line on stderr and exit code 2, never a traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cslrobust.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "--set", "train.lr=-1"], "train.lr=-1"),
+        (["train", "--set", "train.nope=1"], "unknown key 'train.nope'"),
+        (["train", "--objective", "byol"], "objective.name='byol'"),
+        (["train", "missing.yaml"], "missing.yaml"),
+        (["probe", "no/such/run"], "no saved config"),
+        (["attack", "no/such/run"], "no saved config"),
+        (["study", "run", "missing-study.yaml"], "missing-study.yaml"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(args, fragment, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_attack_rejects_bad_eps_list(tmp_path: Path):
+    result = runner.invoke(app, ["attack", str(tmp_path), "--eps", "1,two"])
+    assert result.exit_code == 2 and "--eps '1,two'" in result.output
+
+
+def test_python_dash_m_entry_point_shows_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "cslrobust", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0
+    for command in ("train", "probe", "attack", "study"):
+        assert command in out.stdout

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import pytest
+
+from cslrobust.errors import ConfigError
+from cslrobust.study.spec import deep_merge, expand_study, load_study, method_of
+
+STUDY = """
+name: tiny
+output_dir: out
+seeds: [0, 1]
+base:
+  data: {train_per_class: 10, source: data.tar.gz}
+  train: {epochs: 2}
+methods:
+  supervised: {objective: {name: supervised}}
+  simclr_oracle: {objective: {name: simclr_fnr, fn: {mode: attract}}}
+"""
+
+
+def test_expand_cells_resolve_paths_and_merge(tmp_path: Path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY)
+    spec = load_study(path)
+    cells = expand_study(spec)
+    assert [c.name for c in cells] == [
+        "supervised-s0",
+        "supervised-s1",
+        "simclr_oracle-s0",
+        "simclr_oracle-s1",
+    ]
+    assert [method_of(c) for c in cells] == ["supervised"] * 2 + ["simclr_oracle"] * 2
+    assert cells[1].seed == 1 and cells[2].objective.fn.mode == "attract"
+    assert cells[0].output_dir == tmp_path / "out"
+    assert cells[0].data.source == tmp_path / "data.tar.gz"
+    assert cells[0].train.epochs == 2 and cells[0].data.train_per_class == 10
+    assert len({c.run_id() for c in cells}) == 4
+
+
+def test_overrides_and_errors_name_the_method_and_key(tmp_path: Path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY)
+    assert load_study(path, ["base.train.epochs=5"]).base["train"]["epochs"] == 5
+    with pytest.raises(ConfigError, match="method 'supervised': .*train.lr=-1"):
+        load_study(path, ["methods.supervised.train.lr=-1"])
+    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+        load_study(path, ["colour=red"])
+    with pytest.raises(ConfigError, match="methods"):
+        load_study(path, ["methods={}"])
+
+
+def test_deep_merge():
+    assert deep_merge({"a": {"b": 1, "c": 2}, "d": 1}, {"a": {"b": 3}}) == {
+        "a": {"b": 3, "c": 2},
+        "d": 1,
+    }

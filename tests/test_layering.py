@@ -1,0 +1,72 @@
+"""Enforce the import table of STYLE.md: a package imports only the packages allowed for it.
+
+Only module-level imports count; ``config`` may look names up in registries lazily inside validators.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "cslrobust"
+FOUNDATION = {"errors", "registry", "seeding", "provenance"}
+ALLOWED: dict[str, set[str]] = {
+    "errors": set(),
+    "registry": {"errors"},
+    "seeding": set(),
+    "provenance": set(),
+    "config": {"errors"},
+    "data": {"errors", "registry", "seeding"},
+    "augment": {"errors", "registry"},
+    "models": {"errors", "registry"},
+    "objectives": {"errors", "registry", "models"},
+    "attacks": FOUNDATION | {"models"},
+    "training": FOUNDATION | {"objectives", "models", "data"},
+    "probe": FOUNDATION | {"models", "training"},
+    "study": FOUNDATION
+    | {
+        "config",
+        "data",
+        "augment",
+        "models",
+        "objectives",
+        "training",
+        "probe",
+        "attacks",
+        "study",
+    },
+    "cli": FOUNDATION | {"config", "study"},
+}
+
+
+def _package_of(path: Path) -> str:
+    rel = path.relative_to(SRC)
+    return rel.parts[0].removesuffix(".py")
+
+
+def _top_level_imports(tree: ast.Module) -> set[str]:
+    found = set()
+    for node in tree.body:
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("cslrobust.")
+        ):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("cslrobust."):
+                    found.add(alias.name.split(".")[1])
+    return found
+
+
+FILES = sorted(p for p in SRC.rglob("*.py") if _package_of(p) not in {"__init__", "__main__"})
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(SRC)))
+def test_imports_follow_the_layering(path: Path):
+    package = _package_of(path)
+    assert package in ALLOWED, f"new top-level module {package}: add it to the layering table"
+    imported = _top_level_imports(ast.parse(path.read_text())) - {package}
+    forbidden = imported - ALLOWED[package]
+    assert not forbidden, f"{path.relative_to(SRC)} imports {sorted(forbidden)}"

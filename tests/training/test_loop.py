@@ -1,0 +1,128 @@
+"""The one training loop: every objective runs through it; resume is exact; divergence stops it."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from cslrobust.augment import build_augment
+from cslrobust.data import TensorImageDataset
+from cslrobust.errors import TrainingDivergedError
+from cslrobust.models import build_encoder
+from cslrobust.objectives import OBJECTIVES, LossOutput, Objective, build_objective
+from cslrobust.training import LoopSettings, build_sgd, latest_checkpoint, train, warmup_cosine
+
+
+def _data(n: int = 48) -> TensorImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) % 4
+    return TensorImageDataset(images, labels)
+
+
+def _setup(objective_name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    objective = build_objective(objective_name)
+    encoder = build_encoder(
+        "resnet18",
+        width=4,
+        head_kind=objective.head_kind,
+        num_classes=4,
+        proj_hidden_dim=16,
+        proj_dim=8,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+    optimizer = build_sgd(encoder, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    return objective, encoder, optimizer
+
+
+def _run(tmp: Path, objective_name: str, epochs: int, *, resume=False, hooks=(), setup=None):
+    objective, encoder, optimizer = setup or _setup(objective_name)
+    data = _data()
+    settings = LoopSettings(epochs=epochs, batch_size=16, seed=3, log_every=2, progress=False)
+    steps = data.num_batches(16, True) * epochs
+    schedule = warmup_cosine(0.05, steps, warmup_steps=2)
+    result = train(
+        encoder,
+        objective,
+        build_augment("simclr"),
+        data,
+        optimizer,
+        schedule,
+        tmp,
+        settings,
+        resume=resume,
+        epoch_hooks=hooks,
+    )
+    return encoder, result
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_every_objective_trains_through_the_one_loop(tmp_path: Path, name: str):
+    encoder, result = _run(tmp_path, name, epochs=1)
+    assert result.epochs_completed == 1
+    assert torch.isfinite(torch.tensor(result.history[0]["loss"]))
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.epoch == 1
+
+
+def test_resume_gives_the_same_weights_as_straight_training(tmp_path: Path):
+    straight, _ = _run(tmp_path / "a", "simclr_fnr", epochs=2)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        _run(tmp_path / "b", "simclr_fnr", epochs=2, hooks=[stop_after_first])
+    assert latest_checkpoint(tmp_path / "b").epoch == 1
+    # A fresh process would build a new model with a different init: resume must overwrite it.
+    resumed, result = _run(
+        tmp_path / "b", "simclr_fnr", epochs=2, resume=True, setup=_setup("simclr_fnr", 9)
+    )
+    assert result.resumed_from == 1 and result.epochs_completed == 2
+    for (key, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), key
+
+
+@dataclass
+class _ExplodesAtEpoch:
+    inner: Objective
+    epoch: int
+
+    @property
+    def n_views(self) -> int:
+        return self.inner.n_views
+
+    @property
+    def head_kind(self):
+        return self.inner.head_kind
+
+    def __call__(self, outputs, index, labels, *, generator=None, epoch=0) -> LossOutput:
+        out = self.inner(outputs, index, labels, generator=generator, epoch=epoch)
+        if epoch >= self.epoch:
+            return LossOutput(out.loss * float("nan"), out.metrics)
+        return out
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path):
+    objective, encoder, optimizer = _setup("simclr")
+    setup = (_ExplodesAtEpoch(objective, epoch=1), encoder, optimizer)
+    with pytest.raises(TrainingDivergedError, match="loss became nan in epoch 2.*epoch 1"):
+        _run(tmp_path, "simclr", epochs=3, setup=setup)
+    ckpt = latest_checkpoint(tmp_path)
+    assert ckpt is not None and ckpt.epoch == 1
+    from safetensors.torch import load_file
+
+    assert all(
+        torch.isfinite(t).all()
+        for t in load_file(ckpt.model_file).values()
+        if t.is_floating_point()
+    )
