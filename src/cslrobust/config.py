@@ -88,12 +88,24 @@ class ModelConfig(_Section):
 
 
 class FalseNegativeConfig(_Section):
-    """False-negative removal for contrastive objectives (MISSION.md, "Definitions")."""
+    """False-negative removal for ``simclr_fnr`` (MISSION.md, "Definitions").
+
+    Each detector reads only its own parameters: ``oracle`` (``removal_rate``), ``threshold``
+    (``threshold``, ``support_views``), ``topk`` (``k``, ``support_views``), ``cluster`` (``n_clusters``,
+    ``refresh_every``, ``iters``). The detector is built once at load time, so a missing or bad value is
+    reported here with its key.
+    """
 
     detector: str = "oracle"
     mode: Literal["eliminate", "attract"] = "eliminate"
-    removal_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     warmup_epochs: int = Field(default=0, ge=0)
+    removal_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    k: int | None = Field(default=None, ge=1)
+    support_views: int = Field(default=0, ge=0)
+    n_clusters: int | None = Field(default=None, ge=2)
+    refresh_every: int = Field(default=1, ge=1)
+    iters: int = Field(default=20, ge=1)
 
     @field_validator("detector")
     @classmethod
@@ -104,13 +116,38 @@ class FalseNegativeConfig(_Section):
             raise ValueError(f"unknown detector {value!r}; expected one of {FN_DETECTORS.names()}")
         return value
 
+    def detector_params(self) -> dict[str, Any]:
+        """The parameters the chosen detector's constructor takes (unset ones left to its defaults)."""
+        import inspect
+
+        from cslrobust.objectives import FN_DETECTORS
+
+        accepted = inspect.signature(FN_DETECTORS.get(self.detector)).parameters
+        values = self.model_dump()
+        return {k: values[k] for k in accepted if k in values and values[k] is not None}
+
+    @model_validator(mode="after")
+    def _detector_builds(self) -> FalseNegativeConfig:
+        from cslrobust.objectives import build_fn_detector
+
+        try:
+            build_fn_detector(self.detector, **self.detector_params())
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return self
+
 
 class ObjectiveConfig(_Section):
-    """Training objective; ``fn`` is used only by ``simclr_fnr``."""
+    """Training objective.
+
+    Each objective takes the fields its constructor names (``fn`` for ``simclr_fnr``, ``tau_plus`` for
+    ``debiased``, ``label_smoothing`` for ``supervised``).
+    """
 
     name: str = "simclr"
     temperature: float = Field(default=0.5, gt=0.0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    tau_plus: float = Field(default=0.1, ge=0.0, lt=1.0, description="class prior of 'debiased'")
     fn: FalseNegativeConfig = FalseNegativeConfig()
 
     @field_validator("name")
@@ -205,6 +242,18 @@ class AttackConfig(_Section):
         return value
 
 
+class GeometryConfig(_Section):
+    """Representation geometry of the test set (``cslrobust analyze`` and the study's analyze stage)."""
+
+    n_images: int | None = Field(
+        default=2000, gt=0, description="test images for the metrics; all if null"
+    )
+    sensitivity_images: int = Field(default=200, gt=0)
+    sensitivity_eps: tuple[float, ...] = (1.0, 4.0)  # in 1/255, L-inf
+    tsne_points: int = Field(default=1000, ge=4)
+    chunk_size: int = Field(default=2048, gt=0)
+
+
 class RunConfig(_Section):
     """Everything that defines one trained model and its evaluation."""
 
@@ -219,6 +268,7 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     attack: AttackConfig = AttackConfig()
+    geometry: GeometryConfig = GeometryConfig()
 
     @field_validator("device")
     @classmethod

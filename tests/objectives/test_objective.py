@@ -9,6 +9,10 @@ from cslrobust.objectives import (
     SimCLRFNRObjective,
     SimCLRObjective,
     build_objective,
+    load_objective_state,
+    objective_needs_bank,
+    objective_state,
+    refresh_objective,
 )
 
 
@@ -40,6 +44,21 @@ def test_objective_contract(name: str) -> None:
         objective(outputs[:, :-1], index, labels)
     with pytest.raises(ValueError):
         objective(torch.randn(objective.n_views + 1, batch, 10), index, labels)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_loop_protocol_helpers_accept_every_objective(name: str) -> None:
+    """The loop calls the bank/state helpers unconditionally: with defaults no objective needs a
+    bank or holds state, and the state round-trips."""
+    objective = build_objective(name)
+    assert not any(objective_needs_bank(objective, epoch) for epoch in range(3))
+    bank = torch.randn(20, 10)
+    assert refresh_objective(objective, bank, epoch=0, generator=torch.Generator()) == {}
+    state = objective_state(objective)
+    assert state == {}
+    load_objective_state(objective, state)
+    with pytest.raises(ValueError):
+        load_objective_state(objective, {"unexpected": torch.zeros(1)})
 
 
 def test_build_objective_passes_typed_params() -> None:

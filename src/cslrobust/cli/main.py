@@ -200,6 +200,55 @@ def attack_command(
     _guard(call)
 
 
+@app.command("analyze")
+def analyze_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a probe.")],
+    n_images: Annotated[int | None, typer.Option(help="Test images for the metrics.")] = None,
+    tsne: Annotated[bool, typer.Option("--tsne/--no-tsne", help="Also write a t-SNE plot.")] = True,
+    device: DeviceOption = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Representation geometry and feature sensitivity; writes analysis.json and PNG plots."""
+    from cslrobust.study.analyze import run_analyze
+
+    def call() -> None:
+        if n_images is not None:
+            _override_saved(run_dir, {"geometry": {"n_images": n_images}})
+        record = run_analyze(run_dir, device=device, progress=progress, tsne=tsne)
+        m = record["metrics"]
+        keys = [
+            "uniformity",
+            "alignment",
+            "class_distance_intra",
+            "class_distance_inter",
+            "class_distance_ratio",
+            "centroid_margin_median",
+            "logit_margin_median",
+        ]
+        typer.echo(f"{record['name']}: {record['n_images']} test images")
+        for key in keys:
+            if key in m:
+                typer.echo(f"  {key:<26} {m[key]: .4f}")
+        for key in sorted(k for k in m if k.startswith("sensitivity_") and k.endswith("/median")):
+            typer.echo(f"  {key:<26} {m[key]: .4f}")
+        typer.echo(
+            f"wrote {run_dir / 'analysis.json'}, class_distances.png"
+            + (", tsne.png" if tsne else "")
+        )
+
+    _guard(call)
+
+
+def _override_saved(run_dir: Path, update: dict[str, Any]) -> None:
+    """Validate ``update`` against the run's saved config and save it (evaluation sections only)."""
+    from cslrobust.config import build_run_config, load_saved_config, save_config
+    from cslrobust.study.spec import deep_merge
+
+    cfg = load_saved_config(run_dir / "config.json")
+    new = build_run_config(deep_merge(cfg.model_dump(mode="json"), update))
+    save_config(new, run_dir / "config.json")
+
+
 @study_app.command("run")
 def study_run_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file (see presets/).")],
@@ -207,8 +256,8 @@ def study_run_command(
     progress: ProgressOption = True,
 ) -> None:
     """Run every missing stage of every (method, seed) cell, then write the report."""
-    from cslrobust.study.report import write_summary
-    from cslrobust.study.runner import run_study
+    from cslrobust.study.report import write_report
+    from cslrobust.study.runner import open_store, run_study
     from cslrobust.study.spec import load_study
 
     def call() -> None:
@@ -219,11 +268,18 @@ def study_run_command(
         )
         cells = run_study(spec, progress=progress, echo=typer.echo)
         wall = time.perf_counter() - tic
-        text, report = write_summary(
-            cells, spec.output_dir, title=f"Study {spec.name}", wall_seconds=wall
-        )
+        with open_store(spec) as store:
+            text, report = write_report(
+                f"Study {spec.name}",
+                cells,
+                store,
+                spec.output_dir,
+                supervised=spec.supervised_method,
+                contrastive=spec.contrastive_method,
+                wall_seconds=wall,
+            )
         typer.echo("\n" + text)
-        typer.echo(f"\nwall time {wall / 60:.1f} min; report: {report}")
+        typer.echo(f"\nwall time {wall / 60:.1f} min; report: {report} (and report.html)")
 
     _guard(call)
 
@@ -233,17 +289,52 @@ def study_report_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file.")],
     set_: SetOption = None,
 ) -> None:
-    """Rewrite the report from results on disk (runs no model)."""
-    from cslrobust.study.report import write_summary
-    from cslrobust.study.spec import expand_study, load_study
+    """Rewrite the report from the results database (runs no model)."""
+    from cslrobust.study.report import write_report
+    from cslrobust.study.runner import open_store, study_cells
+    from cslrobust.study.spec import load_study
 
     def call() -> None:
         spec = load_study(study, set_ or [])
-        text, report = write_summary(
-            expand_study(spec), spec.output_dir, title=f"Study {spec.name}"
-        )
+        with open_store(spec) as store:
+            text, report = write_report(
+                f"Study {spec.name}",
+                study_cells(spec),
+                store,
+                spec.output_dir,
+                supervised=spec.supervised_method,
+                contrastive=spec.contrastive_method,
+            )
         typer.echo(text)
-        typer.echo(f"report: {report}")
+        typer.echo(f"report: {report} (and report.html)")
+
+    _guard(call)
+
+
+@study_app.command("status")
+def study_status_command(
+    study: Annotated[Path, typer.Argument(help="Study YAML file.")],
+    set_: SetOption = None,
+) -> None:
+    """List every cell as done / running / interrupted / failed / pending."""
+    from cslrobust.study.runner import open_store, study_cells
+    from cslrobust.study.spec import load_study
+
+    def call() -> None:
+        spec = load_study(study, set_ or [])
+        cells = study_cells(spec)
+        with open_store(spec) as store:
+            statuses = store.cell_statuses({c.cell_id: c.stages for c in cells})
+        counts: dict[str, int] = {}
+        for cell, status in zip(cells, statuses, strict=True):
+            counts[status.state] = counts.get(status.state, 0) + 1
+            detail = f"stages done: {','.join(status.stages_done) or '-'}"
+            if status.state in ("running", "interrupted", "failed") and status.stage:
+                detail += f"; {status.state} in {status.stage}"
+            if status.state == "failed" and status.error:
+                detail += f"; error: {status.error}"
+            typer.echo(f"{status.state:>11}  {cell.config.name:<40} {detail}")
+        typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
     _guard(call)
 

@@ -9,14 +9,21 @@ from cslrobust.objectives.contrastive import (
     info_nce,
     normalize_views,
     pair_similarity_means,
+    similarity_logits,
 )
+from cslrobust.objectives.debiased import DebiasedObjective, debiased_contrastive_loss
 from cslrobust.objectives.fn_detectors import (
     FN_DETECTORS,
+    BankFalseNegativeDetector,
+    ClusterDetector,
     FalseNegativeDetector,
     OracleDetector,
+    ThresholdDetector,
+    TopKDetector,
     build_fn_detector,
     detection_quality,
 )
+from cslrobust.objectives.kmeans import KMeansResult, spherical_kmeans
 from cslrobust.objectives.masks import (
     expand_to_views,
     instance_positive_mask,
@@ -25,11 +32,17 @@ from cslrobust.objectives.masks import (
 )
 from cslrobust.objectives.objective import (
     OBJECTIVES,
+    BankObjective,
     HeadKind,
     LossOutput,
     Objective,
+    StatefulObjective,
     build_objective,
     check_batch,
+    load_objective_state,
+    objective_needs_bank,
+    objective_state,
+    refresh_objective,
 )
 from cslrobust.objectives.simclr import SimCLRObjective
 from cslrobust.objectives.simclr_fnr import FNRMode, SimCLRFNRObjective
@@ -39,26 +52,41 @@ from cslrobust.objectives.supervised import SupervisedObjective
 __all__ = [
     "FN_DETECTORS",
     "OBJECTIVES",
+    "BankFalseNegativeDetector",
+    "BankObjective",
+    "ClusterDetector",
+    "DebiasedObjective",
     "FNRMode",
     "FalseNegativeDetector",
     "HeadKind",
+    "KMeansResult",
     "LossOutput",
     "Objective",
     "OracleDetector",
     "Reduction",
     "SimCLRFNRObjective",
     "SimCLRObjective",
+    "StatefulObjective",
     "SupConObjective",
     "SupervisedObjective",
+    "ThresholdDetector",
+    "TopKDetector",
     "build_fn_detector",
     "build_objective",
     "check_batch",
+    "debiased_contrastive_loss",
     "detection_quality",
     "expand_to_views",
     "info_nce",
     "instance_positive_mask",
     "label_positive_mask",
+    "load_objective_state",
     "negative_mask",
     "normalize_views",
+    "objective_needs_bank",
+    "objective_state",
     "pair_similarity_means",
+    "refresh_objective",
+    "similarity_logits",
+    "spherical_kmeans",
 ]

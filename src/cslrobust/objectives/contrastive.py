@@ -13,7 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Reduction", "info_nce", "normalize_views", "pair_similarity_means"]
+__all__ = [
+    "Reduction",
+    "info_nce",
+    "normalize_views",
+    "pair_similarity_means",
+    "similarity_logits",
+]
 
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS: frozenset[str] = frozenset(("mean", "sum", "none"))
@@ -94,9 +100,7 @@ def info_nce(
     pos = pos_mask & not_self
     denom = (pos_mask | neg_mask) & not_self  # P(i) ∪ N(i)
 
-    sim = z @ z.T  # (M, M) cosine similarities
-    sim = sim.to(torch.promote_types(sim.dtype, torch.float32))
-    logits = sim / temperature
+    logits = similarity_logits(z, temperature)  # (M, M)
     # Finite fill instead of -inf: a row with an empty denominator would otherwise give
     # logsumexp = -inf and NaN gradients even though that anchor is excluded below.
     masked = logits.masked_fill(~denom, torch.finfo(logits.dtype).min)
@@ -113,6 +117,28 @@ def info_nce(
         return per_anchor.sum()
     n_valid = (n_pos > 0).sum().clamp(min=1)
     return per_anchor.sum() / n_valid
+
+
+def similarity_logits(z: Tensor, temperature: float) -> Tensor:
+    """Pairwise similarity logits ``z_i . z_j / tau``, promoted to at least float32.
+
+    The shared first step of every contrastive loss here (:func:`info_nce` and the debiased loss).
+    Half-precision similarities are promoted before the division so that small temperatures do
+    not overflow.
+
+    Args:
+        z: Embeddings, L2-normalised along the last dimension (not checked).
+        temperature: Softmax temperature ``tau > 0`` (not checked).
+
+    Returns:
+        The logits, differentiable with respect to ``z``.
+
+    Shape:
+        - z: ``(M, D)``
+        - output: ``(M, M)``, float32 or wider
+    """
+    sim = z @ z.T  # (M, M) cosine similarities
+    return sim.to(torch.promote_types(sim.dtype, torch.float32)) / temperature
 
 
 @torch.no_grad()

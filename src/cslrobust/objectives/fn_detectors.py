@@ -3,9 +3,24 @@
 A detector maps a batch of embeddings to a boolean ``(M, M)`` mask ``F`` with ``F[i, j]`` True
 when the candidate negative ``j`` of anchor ``i`` is judged a false negative. The objective then
 either eliminates those pairs from the denominator or attracts them as positives (Huynh et al.,
-2022, "Boosting Contrastive Self-Supervised Learning with False Negative Cancellation"). Detectors
-hold no hidden state: anything they need (a feature bank, cluster assignments) is a constructor
-argument or an explicit input.
+2022, "Boosting Contrastive Self-Supervised Learning with False Negative Cancellation", FNC).
+
+Built-in detectors (MISSION.md, "Definitions"):
+
+- ``oracle``: same label (the upper bound; the only detector that reads labels);
+- ``threshold``: cosine similarity to the anchor above a threshold;
+- ``topk``: the ``k`` most similar candidates of each anchor, optionally scored through extra
+  *support views* of the anchor (FNC);
+- ``cluster``: same k-means pseudo-label, from a feature bank of the whole training set.
+
+Masks need not be symmetric: ``topk`` decides per anchor (``j`` may be among ``i``'s nearest
+candidates without ``i`` being among ``j``'s), as FNC does. The oracle is symmetric.
+
+State is explicit. Per-batch detectors are frozen and stateless. Bank detectors
+(:class:`BankFalseNegativeDetector`) hold one piece of state, their fit on the feature bank, which
+changes only through :meth:`~BankFalseNegativeDetector.refresh` and
+:meth:`~BankFalseNegativeDetector.load_state_dict` and is saved with
+:meth:`~BankFalseNegativeDetector.state_dict`; calling one before it is fitted is an error.
 
 Detection quality is measured against labels with :func:`detection_quality`. Labels are passed to
 every detector so that the oracle can use them; label-free detectors (``uses_labels = False``) must
@@ -15,9 +30,10 @@ do.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -25,12 +41,17 @@ from torch import Tensor
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives._params import check_params
+from cslrobust.objectives.kmeans import spherical_kmeans
 from cslrobust.registry import Registry
 
 __all__ = [
     "FN_DETECTORS",
+    "BankFalseNegativeDetector",
+    "ClusterDetector",
     "FalseNegativeDetector",
     "OracleDetector",
+    "ThresholdDetector",
+    "TopKDetector",
     "build_fn_detector",
     "detection_quality",
 ]
@@ -39,14 +60,20 @@ __all__ = [
 class FalseNegativeDetector(ABC):
     """Interface of a false-negative detector.
 
-    Subclasses are registered in :data:`FN_DETECTORS` and must be constructible from keyword
-    arguments with defaults only (the registry contract test builds each one with no arguments).
+    Subclasses are registered in :data:`FN_DETECTORS` and are built from typed keyword arguments
+    (required ones have no default: a threshold or ``k`` has no sensible universal value). The
+    registry contract test builds each one from an example parameter set.
 
     Attributes:
         uses_labels: Whether the detector reads ``labels`` (True only for the oracle upper bound).
     """
 
     uses_labels: ClassVar[bool] = False
+
+    @property
+    def support_views(self) -> int:
+        """Extra augmented views per sample the detector needs as ``support`` (0: none)."""
+        return 0
 
     @abstractmethod
     def __call__(
@@ -57,8 +84,11 @@ class FalseNegativeDetector(ABC):
         labels: Tensor,
         candidate_mask: Tensor,
         generator: torch.Generator | None = None,
+        support: Tensor | None = None,
     ) -> Tensor:
         """Flag suspected false negatives among the candidate negatives.
+
+        Rows are view-major: with ``B`` samples, row ``r`` belongs to sample ``r % B``.
 
         Args:
             z: Embeddings of all rows, L2-normalised and detached from the graph.
@@ -66,19 +96,86 @@ class FalseNegativeDetector(ABC):
             labels: Class label of every row; only detectors with ``uses_labels`` may read it.
             candidate_mask: The current negatives; the result must be a subset of it.
             generator: Source of randomness, on the same device as ``z``; None uses the global RNG.
+            support: Extra views of every sample used only for detection (never in the loss),
+                L2-normalised and detached, or None. Detectors with ``support_views == 0`` ignore
+                it.
 
         Returns:
-            Boolean mask of detected false-negative pairs.
+            Boolean mask of detected false-negative pairs; not necessarily symmetric.
 
         Shape:
-            - z: ``(M, D)``
+            - z: ``(M, D)`` with ``M = V * B``
             - sample_ids, labels: ``(M,)`` int64
             - candidate_mask: ``(M, M)`` bool
+            - support: ``(S, B, D)``
             - output: ``(M, M)`` bool, a subset of ``candidate_mask``
         """
 
 
+class BankFalseNegativeDetector(FalseNegativeDetector):
+    """A detector fitted on a feature bank of the whole training set and refreshed in training.
+
+    The fit (e.g. k-means pseudo-labels) is the detector's only state. It is replaced by
+    :meth:`refresh` and saved and restored with :meth:`state_dict` / :meth:`load_state_dict`, so
+    that a resumed run detects exactly as an uninterrupted one.
+    """
+
+    @property
+    @abstractmethod
+    def is_fitted(self) -> bool:
+        """Whether :meth:`refresh` or :meth:`load_state_dict` has provided a fit."""
+
+    @abstractmethod
+    def needs_refresh(self, epochs_active: int) -> bool:
+        """Whether to refit at the start of an epoch.
+
+        Args:
+            epochs_active: Epochs since detection started (0 at the first epoch after warm-up).
+
+        Returns:
+            True on the refresh schedule, and whenever the detector is not fitted.
+        """
+
+    @abstractmethod
+    def refresh(self, bank: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        """Refit on the feature bank.
+
+        Args:
+            bank: Features of every training sample, row ``i`` = dataset index ``i``,
+                L2-normalised.
+            generator: Source of randomness (any device).
+
+        Returns:
+            Diagnostics of the fit, for logging.
+
+        Shape:
+            - bank: ``(N, D)``
+        """
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Tensor]:
+        """The fit as tensors (empty when not fitted)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore a fit saved by :meth:`state_dict` (an empty mapping clears it)."""
+
+
 FN_DETECTORS: Registry[type[FalseNegativeDetector]] = Registry("fn_detector")
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    """ConfigError unless ``value`` is an int (not a bool) ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_real(name: str, value: object, low: float, high: float) -> None:
+    """ConfigError unless ``value`` is a finite real number in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
 
 
 def _symmetric_pair_coins(
@@ -93,6 +190,31 @@ def _symmetric_pair_coins(
     u = torch.rand((m, m), generator=generator, device=sample_ids.device)
     u = u.triu() + u.triu(diagonal=1).T  # symmetric: u[a, b] == u[b, a]
     return u[first_row[:, None], first_row[None, :]] < p  # (M, M)
+
+
+def _similarity_scores(z: Tensor, support: Tensor | None, support_views: int, what: str) -> Tensor:
+    r"""Score of candidate ``j`` for anchor row ``i``: cosine similarity, or its support-view mean.
+
+    Without support views the score is ``z_i . z_j``. With ``S`` support views ``u_1..u_S`` of
+    anchor ``i``'s sample it is the mean similarity ``(1/S) \sum_s u_s . z_j``, computed as one
+    matmul with the mean support vector (the mean of dot products is the dot product with the
+    mean); every view of a sample then gets the same scores.
+    """
+    if support_views == 0:
+        sim = z @ z.T  # (M, M)
+        return sim.to(torch.promote_types(sim.dtype, torch.float32))
+    if support is None:
+        raise ValueError(f"{what} with support_views={support_views} needs support views, got None")
+    m = z.shape[0]
+    if support.dim() != 3 or support.shape[0] != support_views or m % support.shape[1] != 0:
+        raise ValueError(
+            f"{what} expects support of shape (S={support_views}, B, D) with B dividing "
+            f"{m} rows, got {tuple(support.shape)}"
+        )
+    anchor = support.mean(dim=0).to(z.dtype)  # (B, D): mean support view of every sample
+    scores = anchor @ z.T  # (B, M)
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+    return scores.repeat(m // support.shape[1], 1)  # (M, M): row r is sample r % B
 
 
 @FN_DETECTORS.register("oracle")
@@ -117,8 +239,7 @@ class OracleDetector(FalseNegativeDetector):
     uses_labels: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.removal_rate <= 1.0:
-            raise ConfigError(f"removal_rate must be in [0, 1], got {self.removal_rate}")
+        _check_real("removal_rate", self.removal_rate, 0.0, 1.0)
 
     def __call__(
         self,
@@ -128,15 +249,260 @@ class OracleDetector(FalseNegativeDetector):
         labels: Tensor,
         candidate_mask: Tensor,
         generator: torch.Generator | None = None,
+        support: Tensor | None = None,
     ) -> Tensor:
         """Flag same-label candidate negatives (see :meth:`FalseNegativeDetector.__call__`).
 
-        Draws from ``generator`` only when ``removal_rate < 1``.
+        Draws from ``generator`` only when ``removal_rate < 1``; ignores ``support``.
         """
         detected = candidate_mask & (labels[:, None] == labels[None, :])  # (M, M)
         if self.removal_rate >= 1.0:
             return detected
         return detected & _symmetric_pair_coins(sample_ids, self.removal_rate, generator)
+
+
+@FN_DETECTORS.register("threshold")
+@dataclass(frozen=True)
+class ThresholdDetector(FalseNegativeDetector):
+    """Flag candidate negatives whose cosine similarity to the anchor exceeds a threshold.
+
+    The similarity-threshold variant of FNC (Huynh et al., 2022, "Finding potential false
+    negatives"). With support views the
+    score is the mean similarity of the candidate to the anchor's support views (as
+    :class:`TopKDetector`); without them the mask is symmetric.
+
+    Args:
+        threshold: Cosine similarity above which (strictly) a candidate is flagged, in
+            ``[-1, 1]``.
+        support_views: Extra views per sample used to score candidates (0: the anchor itself).
+
+    Raises:
+        ConfigError: If ``threshold`` is not a number in ``[-1, 1]`` or ``support_views`` is not an
+            integer ``>= 0``.
+    """
+
+    threshold: float
+    support_views: int = 0
+
+    def __post_init__(self) -> None:
+        _check_real("threshold", self.threshold, -1.0, 1.0)
+        _check_int("support_views", self.support_views, 0)
+
+    def __call__(
+        self,
+        z: Tensor,
+        *,
+        sample_ids: Tensor,
+        labels: Tensor,
+        candidate_mask: Tensor,
+        generator: torch.Generator | None = None,
+        support: Tensor | None = None,
+    ) -> Tensor:
+        """Flag candidates scoring above the threshold (see ``FalseNegativeDetector``).
+
+        Raises:
+            ValueError: If ``support_views > 0`` and ``support`` is missing or mis-shaped.
+        """
+        scores = _similarity_scores(z, support, self.support_views, "threshold")  # (M, M)
+        return candidate_mask & (scores > self.threshold)
+
+
+@FN_DETECTORS.register("topk")
+@dataclass(frozen=True)
+class TopKDetector(FalseNegativeDetector):
+    """Flag, for every anchor, its ``k`` highest-scoring candidate negatives.
+
+    FNC's top-k rule (Huynh et al., 2022, "Finding potential false negatives"). Scores are cosine
+    similarities to the anchor, or, with ``support_views = S > 0``, FNC's support-view scoring:
+    every candidate is compared with each of ``S`` extra augmented views of the anchor's image and
+    the ``S`` per-view similarities are aggregated into one score per candidate before selecting.
+    We aggregate by the **mean**; the alternative of taking a top-k set per support view and
+    merging the sets is not implemented, because its size would vary with ``S`` and with how
+    much the views agree, while the mean flags exactly ``k`` candidates per anchor. Support views
+    serve detection only; they never enter the loss.
+
+    Non-candidates are masked out before the top-k, so the flags fall among the candidates; an
+    anchor with fewer than ``k`` candidates flags all of them. The decision is per anchor and the
+    mask is in general not symmetric. Ties are broken by :func:`torch.topk`.
+
+    Args:
+        k: Candidates flagged per anchor (at least 1). With ``V`` views of ``B`` samples and
+            ``C`` balanced classes, the true count per anchor is about ``V * (B / C - 1)``.
+        support_views: Extra views per sample used to score candidates (0: the anchor itself).
+
+    Raises:
+        ConfigError: If ``k`` is not an integer ``>= 1`` or ``support_views`` not one ``>= 0``.
+    """
+
+    k: int
+    support_views: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("k", self.k, 1)
+        _check_int("support_views", self.support_views, 0)
+
+    def __call__(
+        self,
+        z: Tensor,
+        *,
+        sample_ids: Tensor,
+        labels: Tensor,
+        candidate_mask: Tensor,
+        generator: torch.Generator | None = None,
+        support: Tensor | None = None,
+    ) -> Tensor:
+        """Flag each anchor's ``k`` best-scoring candidates (see ``FalseNegativeDetector``).
+
+        Raises:
+            ValueError: If ``support_views > 0`` and ``support`` is missing or mis-shaped.
+        """
+        scores = _similarity_scores(z, support, self.support_views, "topk")  # (M, M)
+        scores = scores.masked_fill(~candidate_mask, -math.inf)
+        top = scores.topk(min(self.k, scores.shape[1]), dim=1).indices  # (M, k)
+        detected = torch.zeros_like(candidate_mask).scatter_(1, top, True)  # (M, M)
+        # An anchor with fewer than k candidates picked some -inf entries: drop them.
+        return detected & candidate_mask
+
+
+@dataclass
+class _ClusterFit:
+    """The mutable fit of a :class:`ClusterDetector` (None until fitted)."""
+
+    pseudo_labels: Tensor | None = None
+    centroids: Tensor | None = None
+
+
+@FN_DETECTORS.register("cluster")
+@dataclass(frozen=True)
+class ClusterDetector(BankFalseNegativeDetector):
+    """Flag candidate negatives whose k-means pseudo-label equals the anchor's.
+
+    Pseudo-labels come from spherical k-means (:func:`~.kmeans.spherical_kmeans`) on a feature
+    bank of the whole training set (un-augmented images, eval mode), refitted every
+    ``refresh_every`` epochs, in the spirit of clustering-based false-negative detection (e.g.
+    Caron et al., 2018, DeepCluster; Li et al., 2021, PCL). ``sample_ids`` index the bank, so a
+    pair is flagged by the clusters of the two *images*, whatever the views' augmentations; the
+    mask is symmetric.
+
+    Args:
+        n_clusters: Number of k-means clusters (at least 2; the number of classes is the natural
+            choice).
+        refresh_every: Epochs between refits (at least 1).
+        iters: Maximum Lloyd iterations per fit (at least 1).
+
+    Raises:
+        ConfigError: If a parameter is not an integer in its range.
+    """
+
+    n_clusters: int
+    refresh_every: int = 1
+    iters: int = 20
+    _fit: _ClusterFit = field(default_factory=_ClusterFit, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_int("n_clusters", self.n_clusters, 2)
+        _check_int("refresh_every", self.refresh_every, 1)
+        _check_int("iters", self.iters, 1)
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether pseudo-labels are available."""
+        return self._fit.pseudo_labels is not None
+
+    @property
+    def pseudo_labels(self) -> Tensor | None:
+        """Cluster of every training sample (row ``i`` = dataset index ``i``), or None; ``(N,)``."""
+        return self._fit.pseudo_labels
+
+    def needs_refresh(self, epochs_active: int) -> bool:
+        """True every ``refresh_every`` epochs of detection, and whenever not fitted."""
+        return not self.is_fitted or epochs_active % self.refresh_every == 0
+
+    def refresh(self, bank: Tensor, *, generator: torch.Generator) -> dict[str, float]:
+        """Fit k-means on the bank and store its pseudo-labels (see the base class).
+
+        Returns:
+            ``kmeans_inertia`` (sum of cosine distances to the centroids), ``kmeans_iterations``,
+            ``cluster_size_min`` and ``cluster_size_max``.
+
+        Raises:
+            ConfigError: If the bank has fewer rows than ``n_clusters``.
+            ValueError: If ``bank`` is not 2-D.
+        """
+        if bank.dim() != 2:
+            raise ValueError(f"bank must be 2-D (N, D), got shape {tuple(bank.shape)}")
+        if bank.shape[0] < self.n_clusters:
+            raise ConfigError(
+                f"n_clusters={self.n_clusters} exceeds the {bank.shape[0]} samples of the bank"
+            )
+        result = spherical_kmeans(bank, self.n_clusters, iters=self.iters, generator=generator)
+        self._fit.pseudo_labels = result.labels
+        self._fit.centroids = result.centroids
+        sizes = torch.bincount(result.labels, minlength=self.n_clusters)
+        return {
+            "kmeans_inertia": float(result.inertia),
+            "kmeans_iterations": float(result.iterations),
+            "cluster_size_min": float(sizes.min()),
+            "cluster_size_max": float(sizes.max()),
+        }
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """``pseudo_labels`` ``(N,)`` and ``centroids`` ``(K, D)``, or ``{}`` if not fitted."""
+        if self._fit.pseudo_labels is None or self._fit.centroids is None:
+            return {}
+        return {"pseudo_labels": self._fit.pseudo_labels, "centroids": self._fit.centroids}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore the fit of :meth:`state_dict`; ``{}`` clears it.
+
+        Raises:
+            ValueError: On missing or unexpected keys or a mismatched number of clusters.
+        """
+        if not state:
+            self._fit.pseudo_labels = self._fit.centroids = None
+            return
+        if set(state) != {"pseudo_labels", "centroids"}:
+            raise ValueError(
+                f"cluster detector state needs keys pseudo_labels and centroids, got {sorted(state)}"
+            )
+        pseudo_labels, centroids = state["pseudo_labels"], state["centroids"]
+        if pseudo_labels.dim() != 1 or centroids.dim() != 2:
+            raise ValueError("cluster detector state: pseudo_labels must be (N,), centroids (K, D)")
+        if centroids.shape[0] != self.n_clusters:
+            raise ValueError(
+                f"cluster detector state has {centroids.shape[0]} centroids, "
+                f"expected n_clusters={self.n_clusters}"
+            )
+        self._fit.pseudo_labels = pseudo_labels.long()
+        self._fit.centroids = centroids
+
+    def __call__(
+        self,
+        z: Tensor,
+        *,
+        sample_ids: Tensor,
+        labels: Tensor,
+        candidate_mask: Tensor,
+        generator: torch.Generator | None = None,
+        support: Tensor | None = None,
+    ) -> Tensor:
+        """Flag candidates in the anchor's cluster (see ``FalseNegativeDetector``).
+
+        Raises:
+            RuntimeError: If called before :meth:`refresh` or :meth:`load_state_dict` (the
+                training loop must refresh the objective when it asks for a bank).
+        """
+        pseudo_labels = self._fit.pseudo_labels
+        if pseudo_labels is None:
+            raise RuntimeError(
+                "cluster detector used before it was fitted: call refresh_objective(...) "
+                "whenever objective_needs_bank(...) is True, or load its saved state"
+            )
+        if pseudo_labels.device != sample_ids.device:
+            # Move once and keep the copy: the same values, no per-step transfer.
+            pseudo_labels = self._fit.pseudo_labels = pseudo_labels.to(sample_ids.device)
+        row_clusters = pseudo_labels[sample_ids]  # (M,)
+        return candidate_mask & (row_clusters[:, None] == row_clusters[None, :])
 
 
 def build_fn_detector(name: str, /, **params: object) -> FalseNegativeDetector:

@@ -1,33 +1,59 @@
 """The ``Objective`` plug-in protocol used by the one training loop, its registry and factory.
 
-An objective is a small, stateless object built from typed constructor parameters. The loop asks
-it how many views to generate (``n_views``) and which head to attach (``head_kind``), runs the model
-on the views, and calls it with the stacked head outputs; it returns the loss and cheap detached
-metrics. Objectives never hold state between calls: anything that changes over training (the
-epoch, the random generator) is an argument.
+An objective is a small object built from typed constructor parameters. The loop asks it how many
+views to generate (``n_views``) and which head to attach (``head_kind``), runs the model on the
+views, and calls it with the stacked head outputs; it returns the loss and cheap detached metrics.
+Anything that changes over training (the epoch, the random generator) is an argument.
+
+Two optional protocols cover objectives that learn something from the whole training set (the
+``cluster`` false-negative detector's k-means pseudo-labels). The loop drives them through four
+helpers that are no-ops for every other objective, so it calls them unconditionally:
+
+.. code-block:: python
+
+    # at resume, after loading the checkpoint's state.pt
+    load_objective_state(objective, state.get("objective", {}))
+    for epoch in range(start_epoch, epochs):
+        if objective_needs_bank(objective, epoch):
+            bank = ...  # (N, D) head outputs of every training image, row i = dataset index i,
+                        # un-augmented, model.eval(), torch.no_grad(); then model.train() again
+            gen = make_generator(seed, "bank", epoch, device=device)
+            refresh_metrics = refresh_objective(objective, bank, epoch=epoch, generator=gen)
+        ...  # the epoch's steps
+        state["objective"] = objective_state(objective)  # saved in the epoch checkpoint
+
+This state (:class:`StatefulObjective`) is the only state an objective holds; it changes only in
+``refresh`` and ``load_state_dict``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives._params import check_params
-from cslrobust.objectives.fn_detectors import build_fn_detector
+from cslrobust.objectives.fn_detectors import FalseNegativeDetector, build_fn_detector
 from cslrobust.registry import Registry
 
 __all__ = [
     "OBJECTIVES",
+    "BankObjective",
     "HeadKind",
     "LossOutput",
     "Objective",
+    "StatefulObjective",
     "build_objective",
     "check_batch",
+    "load_objective_state",
+    "objective_needs_bank",
+    "objective_state",
+    "refresh_objective",
 ]
 
 HeadKind = Literal["projector", "classifier"]
@@ -98,6 +124,118 @@ class Objective(Protocol):
         ...
 
 
+@runtime_checkable
+class BankObjective(Protocol):
+    """An objective refitted at some epoch starts on a feature bank of the whole training set."""
+
+    def needs_bank(self, epoch: int) -> bool:
+        """Whether the loop must call :meth:`refresh` at the start of ``epoch`` (0-based).
+
+        True on the objective's refresh schedule and whenever its state is empty (e.g. after a
+        resume without saved state) while the state is in use.
+        """
+        ...
+
+    def refresh(self, bank: Tensor, *, epoch: int, generator: torch.Generator) -> dict[str, float]:
+        """Refit on the bank.
+
+        Args:
+            bank: Head outputs of every training image (un-augmented, eval mode, no grad); row
+                ``i`` is dataset index ``i`` (the ``index`` of the batches). Not necessarily
+                normalised: the objective normalises it.
+            epoch: The epoch about to start (0-based).
+            generator: Randomness of the fit (any device), e.g. seeded from ``(seed, "bank",
+                epoch)``.
+
+        Returns:
+            Diagnostics of the fit as Python floats, for logging.
+
+        Shape:
+            - bank: ``(N, D)``
+        """
+        ...
+
+
+@runtime_checkable
+class StatefulObjective(Protocol):
+    """An objective with state the loop must checkpoint for an exact resume."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The state as named tensors (``{}`` when there is none yet)."""
+        ...
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore a state saved by :meth:`state_dict` (``{}`` clears it)."""
+        ...
+
+
+def objective_needs_bank(objective: Objective, epoch: int) -> bool:
+    """``objective.needs_bank(epoch)``, or False for an objective without a bank.
+
+    Args:
+        objective: Any objective.
+        epoch: The epoch about to start (0-based).
+
+    Returns:
+        Whether the loop must compute a feature bank and call :func:`refresh_objective`.
+    """
+    return isinstance(objective, BankObjective) and objective.needs_bank(epoch)
+
+
+def refresh_objective(
+    objective: Objective, bank: Tensor, *, epoch: int, generator: torch.Generator
+) -> dict[str, float]:
+    """``objective.refresh(...)``, or ``{}`` for an objective without a bank.
+
+    Args:
+        objective: Any objective.
+        bank: Head outputs of every training image, row ``i`` = dataset index ``i``.
+        epoch: The epoch about to start (0-based).
+        generator: Randomness of the fit.
+
+    Returns:
+        The objective's refresh diagnostics.
+
+    Shape:
+        - bank: ``(N, D)``
+    """
+    if not isinstance(objective, BankObjective):
+        return {}
+    return objective.refresh(bank, epoch=epoch, generator=generator)
+
+
+def objective_state(objective: Objective) -> dict[str, Tensor]:
+    """The objective's state to checkpoint; ``{}`` for a stateless objective.
+
+    Args:
+        objective: Any objective.
+
+    Returns:
+        Named tensors (loadable with ``torch.load(..., weights_only=True)``).
+    """
+    if not isinstance(objective, StatefulObjective):
+        return {}
+    return objective.state_dict()
+
+
+def load_objective_state(objective: Objective, state: Mapping[str, Tensor]) -> None:
+    """Restore a state saved by :func:`objective_state`; a no-op for ``{}`` on a stateless one.
+
+    Args:
+        objective: Any objective.
+        state: What :func:`objective_state` returned (``{}`` for a checkpoint without one).
+
+    Raises:
+        ValueError: If a non-empty state is given to an objective without state.
+    """
+    if isinstance(objective, StatefulObjective):
+        objective.load_state_dict(state)
+    elif state:
+        raise ValueError(
+            f"{type(objective).__name__} holds no state but was given keys {sorted(state)}"
+        )
+
+
 OBJECTIVES: Registry[Callable[..., Objective]] = Registry("objective")
 
 
@@ -131,7 +269,8 @@ def build_objective(name: str, /, **params: object) -> Objective:
     A string ``detector`` parameter is resolved through the false-negative detector registry:
     ``build_objective("simclr_fnr", detector="oracle", detector_params={"removal_rate": 0.5})`` is
     ``SimCLRFNRObjective(detector=OracleDetector(removal_rate=0.5))``. A detector object may also be
-    passed directly.
+    passed directly. When the detector needs support views and ``support_views`` is not given,
+    the objective's ``support_views`` is set to the detector's (so a config states it once).
 
     Args:
         name: A key of :data:`OBJECTIVES` (e.g. ``"simclr"``).
@@ -157,5 +296,10 @@ def build_objective(name: str, /, **params: object) -> Objective:
         params["detector"] = build_fn_detector(detector, **detector_params)
     elif detector_params is not None:
         raise ConfigError("detector_params is only accepted together with a detector name")
+    detector = params.get("detector")
+    wanted = detector.support_views if isinstance(detector, FalseNegativeDetector) else 0
+    if wanted and "support_views" not in params:
+        if "support_views" in inspect.signature(factory).parameters:
+            params["support_views"] = wanted
     check_params(factory, params, what=f"objective {name!r}")
     return factory(**params)

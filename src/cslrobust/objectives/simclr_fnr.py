@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives.contrastive import info_nce, normalize_views, pair_similarity_means
 from cslrobust.objectives.fn_detectors import (
+    BankFalseNegativeDetector,
     FalseNegativeDetector,
     OracleDetector,
     detection_quality,
@@ -40,24 +43,37 @@ class SimCLRFNRObjective:
     ``warmup_epochs`` nothing is removed and the loss is SimCLR's. The detector sees detached
     embeddings: detection is not differentiated through.
 
+    **Support views** (FNC): with ``support_views = S > 0`` the loop generates ``2 + S`` views.
+    Views 0 and 1 form the SimCLR loss exactly as with ``S = 0``; views ``2 .. 1+S`` are passed,
+    normalised and detached, to the detector as ``support`` (shape ``(S, B, D)``) and never enter
+    the loss. ``S`` must equal the detector's ``support_views``; ``build_objective`` fills it in
+    from the detector when it is not given.
+
+    **Bank detectors** (``cluster``): the objective implements the loop protocols of
+    :mod:`~cslrobust.objectives.objective` (``needs_bank``, ``refresh``, ``state_dict``,
+    ``load_state_dict``), delegating to the detector; for any other detector they report no bank
+    and an empty state.
+
     Args:
         detector: False-negative detector (default: the label oracle, the upper bound).
         mode: ``"eliminate"`` or ``"attract"``.
         temperature: Softmax temperature ``tau`` (default 0.5, as ``simclr``).
         warmup_epochs: Epochs of plain SimCLR before removal starts (detectors that rely on the
-            embeddings need a partly trained encoder).
-        n_views: Views per sample (at least 2).
+            embeddings need a partly trained encoder). Bank detectors are first fitted at the
+            start of epoch ``warmup_epochs``.
+        support_views: Extra views per sample for the detector only (``n_views = 2 +
+            support_views``).
 
     Raises:
-        ConfigError: On an unknown mode, ``temperature <= 0``, ``warmup_epochs < 0`` or
-            ``n_views < 2``.
+        ConfigError: On an unknown mode, ``temperature <= 0``, ``warmup_epochs < 0``,
+            ``support_views < 0`` or ``support_views`` different from the detector's.
     """
 
     detector: FalseNegativeDetector = field(default_factory=OracleDetector)
     mode: FNRMode = "eliminate"
     temperature: float = 0.5
     warmup_epochs: int = 0
-    n_views: int = 2
+    support_views: int = 0
     head_kind: HeadKind = field(default="projector", init=False)
 
     def __post_init__(self) -> None:
@@ -73,8 +89,64 @@ class SimCLRFNRObjective:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.n_views < 2:
-            raise ConfigError(f"n_views must be >= 2 for simclr_fnr, got {self.n_views}")
+        if self.support_views < 0:
+            raise ConfigError(f"support_views must be >= 0, got {self.support_views}")
+        if self.support_views != detector.support_views:
+            raise ConfigError(
+                f"support_views={self.support_views} of simclr_fnr differs from the detector's "
+                f"support_views={detector.support_views}; set them equal"
+            )
+
+    @property
+    def n_views(self) -> int:
+        """Views per sample: the two loss views plus the support views."""
+        return 2 + self.support_views
+
+    def needs_bank(self, epoch: int) -> bool:
+        """Whether to refresh a bank detector at the start of ``epoch``.
+
+        True when the detector is a bank detector, ``epoch >= warmup_epochs``, and either
+        ``(epoch - warmup_epochs) % refresh_every == 0`` or the detector is not fitted.
+        """
+        detector = self.detector
+        if not isinstance(detector, BankFalseNegativeDetector) or epoch < self.warmup_epochs:
+            return False
+        return detector.needs_refresh(epoch - self.warmup_epochs)
+
+    def refresh(self, bank: Tensor, *, epoch: int, generator: torch.Generator) -> dict[str, float]:
+        """Normalise the bank and refit a bank detector (``{}`` for other detectors).
+
+        See :class:`~cslrobust.objectives.objective.BankObjective`; ``epoch`` is not used by the
+        built-in detectors (the schedule lives in :meth:`needs_bank`).
+
+        Shape:
+            - bank: ``(N, D)`` head outputs, row ``i`` = dataset index ``i``
+        """
+        if not isinstance(self.detector, BankFalseNegativeDetector):
+            return {}
+        bank = F.normalize(bank.detach().to(torch.promote_types(bank.dtype, torch.float32)), dim=1)
+        return self.detector.refresh(bank, generator=generator)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The detector's fit under ``detector.<name>`` keys (``{}`` when there is none)."""
+        if not isinstance(self.detector, BankFalseNegativeDetector):
+            return {}
+        return {f"detector.{k}": v for k, v in self.detector.state_dict().items()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore :meth:`state_dict` (``{}`` clears a bank detector's fit).
+
+        Raises:
+            ValueError: On keys that do not belong to the detector's state.
+        """
+        unknown = sorted(k for k in state if not k.startswith("detector."))
+        if unknown:
+            raise ValueError(f"unexpected simclr_fnr state keys: {unknown}")
+        if not isinstance(self.detector, BankFalseNegativeDetector):
+            if state:
+                raise ValueError(f"the {type(self.detector).__name__} holds no state")
+            return
+        self.detector.load_state_dict({k.removeprefix("detector."): v for k, v in state.items()})
 
     def __call__(
         self,
@@ -87,7 +159,8 @@ class SimCLRFNRObjective:
     ) -> LossOutput:
         """Loss of the batch after false-negative removal (see ``Objective``).
 
-        Labels reach the detector (only the oracle reads them) and :func:`detection_quality`.
+        Labels reach the detector (only the oracle reads them) and :func:`detection_quality`;
+        label-free detectors never see them in a way that changes the loss.
 
         Returns:
             The loss and metrics ``loss``, ``pos_sim``, ``neg_sim`` (over the final masks) and
@@ -96,15 +169,22 @@ class SimCLRFNRObjective:
             warm-up).
 
         Shape:
-            - outputs: ``(V, B, D)`` projector outputs (normalised here)
+            - outputs: ``(2 + S, B, D)`` projector outputs (normalised here); views ``2..`` are
+              the support views
             - index, labels: ``(B,)`` int64
+
+        Raises:
+            RuntimeError: If a bank detector is used before it was fitted.
         """
         check_batch(outputs, index, labels, self.n_views)
         index, labels = index.to(outputs.device), labels.to(outputs.device)
-        z = normalize_views(outputs)  # (V*B, D)
-        sample_ids = expand_to_views(index, self.n_views)  # (V*B,)
-        row_labels = expand_to_views(labels, self.n_views)  # (V*B,)
-        pos = instance_positive_mask(sample_ids)  # (V*B, V*B)
+        z = normalize_views(outputs[:2])  # (2B, D): the loss views only
+        support = None
+        if self.support_views > 0:
+            support = F.normalize(outputs[2:].detach(), dim=-1)  # (S, B, D), detection only
+        sample_ids = expand_to_views(index, 2)  # (2B,)
+        row_labels = expand_to_views(labels, 2)  # (2B,)
+        pos = instance_positive_mask(sample_ids)  # (2B, 2B)
         neg = negative_mask(pos)
 
         if epoch < self.warmup_epochs:
@@ -116,6 +196,7 @@ class SimCLRFNRObjective:
                 labels=row_labels,
                 candidate_mask=neg,
                 generator=generator,
+                support=support,
             )
             detected = detected & neg  # enforce the subset contract without a host sync
 

@@ -1,156 +1,290 @@
-"""Summaries of a study, built from the run folders' JSON records only (never runs a model)."""
+"""The study report, built from the results database only (never runs a model).
+
+Writes into the study's output folder: ``report.md``, a self-contained ``report.html`` (plots embedded),
+``results.csv`` and ``results.json`` (every row), and PNG plots (robust accuracy vs eps with 95% bands,
+gap-closure bars).
+"""
 
 from __future__ import annotations
 
-import json
+import base64
+import csv
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cslrobust.config import RunConfig
-from cslrobust.study.spec import method_of
-from cslrobust.study.stages import ATTACK_FILE, PROBE_FILE, TRAIN_FILE
+import numpy as np
+
+from cslrobust.statistics import Estimate, gap_closed, paired_bootstrap, t_interval
+from cslrobust.study.runner import Cell
+from cslrobust.study.store import ResultsStore, unpack_bits
 from cslrobust.training.checkpoint import write_json_atomic
 
 
-def collect_rows(cells: list[RunConfig]) -> list[dict[str, Any]]:
-    """Long-format rows: one per (cell, metric condition), with the cell's method and seed."""
-    rows: list[dict[str, Any]] = []
-    for cfg in cells:
-        run_dir = cfg.run_dir
-        base = {"method": method_of(cfg), "seed": cfg.seed, "run_id": cfg.run_id()}
-        train_path, probe_path = run_dir / TRAIN_FILE, run_dir / PROBE_FILE
-        attack_path = run_dir / ATTACK_FILE
-        if train_path.is_file():
-            train = json.loads(train_path.read_text())
-            rows.append({**base, "metric": "train_seconds", "value": train["wall_seconds"]})
-        if probe_path.is_file():
-            probe = json.loads(probe_path.read_text())
-            rows.append({**base, "metric": "probe_test_accuracy", "value": probe["test_accuracy"]})
-            rows.append({**base, "metric": "probe_val_accuracy", "value": probe["val_accuracy"]})
-            if "own_head_test_accuracy" in probe:
-                rows.append(
-                    {
-                        **base,
-                        "metric": "own_head_test_accuracy",
-                        "value": probe["own_head_test_accuracy"],
-                    }
-                )
-        if attack_path.is_file():
-            attack = json.loads(attack_path.read_text())
-            for r in attack["results"]:
-                cond = {"attack": r["attack"], "norm": r["norm"], "eps": r["eps"], "n": r["n"]}
-                rows.append(
-                    {**base, **cond, "metric": "clean_accuracy", "value": r["clean_accuracy"]}
-                )
-                rows.append(
-                    {**base, **cond, "metric": "robust_accuracy", "value": r["robust_accuracy"]}
-                )
-                rows.append(
-                    {
-                        **base,
-                        **cond,
-                        "metric": "attack_success_rate",
-                        "value": r["attack_success_rate"],
-                    }
-                )
-    return rows
+def current_rows(store: ResultsStore, cells: Sequence[Cell]) -> list[dict[str, Any]]:
+    """Rows of the study's cells whose stage keys match the current study settings."""
+    wanted = {(c.cell_id, key) for c in cells for key in c.stages.values()}
+    return [
+        r for r in store.rows([c.cell_id for c in cells]) if (r["cell_id"], r["stage"]) in wanted
+    ]
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _eps_label(norm: str, eps: float) -> str:
+def eps_label(norm: str, eps: float) -> str:
+    """Human label of a budget: ``1/255`` for L-inf, ``L2 0.25`` for L2."""
     return f"{eps * 255:g}/255" if norm == "linf" else f"L2 {eps:g}"
 
 
-def summary_table(
-    rows: list[dict[str, Any]], attack: str = "pgd"
-) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the method x eps table (means over seeds), in percent.
+@dataclass
+class Table:
+    """A titled table with an optional note."""
 
-    Columns: method, seeds, probe test accuracy (full test set), clean accuracy on the attacked subset,
-    then robust accuracy under ``attack`` at each budget.
-    """
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    budgets = sorted(
-        {(r["norm"], r["eps"]) for r in rows if r.get("attack") == attack},
-        key=lambda b: (b[0] != "linf", b[1]),
-    )
-    header = ["method", "seeds", "probe test", "clean (attacked set)"]
-    header += [f"{attack.upper()} {_eps_label(n, e)}" for n, e in budgets]
-    table = []
-    for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        seeds = sorted({r["seed"] for r in mine})
-        probe = _mean([r["value"] for r in mine if r["metric"] == "probe_test_accuracy"])
-        clean = _mean(
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+    def markdown(self) -> str:
+        """GitHub markdown."""
+        lines = [f"### {self.title}", ""]
+        if self.note:
+            lines += [self.note, ""]
+        lines.append("| " + " | ".join(self.header) + " |")
+        lines.append("|" + "|".join("---" for _ in self.header) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+    def html(self) -> str:
+        """An HTML table."""
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows
+        )
+        note = f"<p>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<h3>{html.escape(self.title)}</h3>{note}<table><tr>{head}</tr>{body}</table>"
+
+    def text(self) -> str:
+        """Fixed-width text for the terminal."""
+        widths = [max(len(x) for x in col) for col in zip(self.header, *self.rows, strict=True)]
+        fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+        lines = [self.title, fmt.format(*self.header), fmt.format(*("-" * w for w in widths))]
+        return "\n".join(lines + [fmt.format(*r) for r in self.rows])
+
+
+@dataclass
+class StudyResults:
+    """Rows of a study indexed for reporting."""
+
+    rows: list[dict[str, Any]]
+    methods: list[str]
+    seeds: dict[str, list[int]] = field(default_factory=dict)
+
+    def values(self, method: str, metric: str, **cond: Any) -> list[float]:
+        """Values of ``metric`` for ``method`` (one per seed) matching the conditions."""
+        out = []
+        for r in self.rows:
+            if (
+                r["method"] == method
+                and r["metric"] == metric
+                and all(r.get(k) == v for k, v in cond.items())
+            ):
+                if r["value"] is not None:
+                    out.append(float(r["value"]))
+        return out
+
+    def correct_matrix(self, method: str, **cond: Any) -> np.ndarray | None:
+        """Per-seed per-image robust correctness (S, N) for bootstrap, or None if not stored."""
+        found = []
+        for r in sorted(self.rows, key=lambda r: r["seed"]):
+            if (
+                r["method"] == method
+                and r["metric"] == "robust_accuracy"
+                and all(r.get(k) == v for k, v in cond.items())
+            ):
+                if not r.get("correct_bits"):
+                    return None
+                found.append(unpack_bits(r["correct_bits"], int(r["n"])))
+        return np.stack(found) if found else None
+
+    def budgets(self, attack: str) -> list[tuple[str, float]]:
+        """(norm, eps) pairs evaluated with ``attack``, L-inf first, increasing eps."""
+        pairs = {
+            (r["norm"], r["eps"])
+            for r in self.rows
+            if r["attack"] == attack and r["metric"] == "robust_accuracy"
+        }
+        return sorted(pairs, key=lambda b: (b[0] != "linf", b[1]))
+
+    def attacks(self) -> list[str]:
+        """Attacks present, strongest family first."""
+        names = {r["attack"] for r in self.rows if r["metric"] == "robust_accuracy"}
+        order = ["autoattack", "pgd", "fgsm"]
+        return sorted(names, key=lambda a: order.index(a) if a in order else len(order))
+
+
+def accuracy_estimate(res: StudyResults, method: str, **cond: Any) -> Estimate:
+    """Mean over seeds with a t-interval (>= 2 seeds) or an image bootstrap (1 seed)."""
+    values = res.values(method, "robust_accuracy", **cond)
+    if len(values) >= 2:
+        return t_interval(np.array(values))
+    matrix = res.correct_matrix(method, **cond)
+    if matrix is None:
+        return t_interval(np.array(values))
+    return paired_bootstrap({method: matrix}, lambda accs: accs[method])
+
+
+def _fmt(values: list[float]) -> str:
+    return "n/a" if not values else f"{100 * float(np.mean(values)):.1f}"
+
+
+def clean_table(res: StudyResults) -> Table:
+    """Clean accuracy per method (linear probe, full test set)."""
+    rows = []
+    for method in res.methods:
+        test = res.values(method, "probe/test_accuracy")
+        est = t_interval(np.array(test))
+        own = res.values(method, "probe/own_head_test_accuracy")
+        rows.append(
             [
-                r["value"]
-                for r in mine
-                if r["metric"] == "clean_accuracy" and r.get("attack") == attack
+                method,
+                str(len(test)),
+                est.format(),
+                _fmt(res.values(method, "probe/val_accuracy")),
+                _fmt(own) if own else "-",
             ]
         )
-        line = [method, str(len(seeds)), f"{100 * probe:.1f}", f"{100 * clean:.1f}"]
-        for norm, eps in budgets:
-            values = [
-                r["value"]
-                for r in mine
-                if r["metric"] == "robust_accuracy"
-                and r.get("attack") == attack
-                and (r["norm"], r["eps"]) == (norm, eps)
-            ]
-            line.append(f"{100 * _mean(values):.1f}")
-        table.append(line)
-    return header, table
-
-
-def format_markdown(header: list[str], table: list[list[str]]) -> str:
-    """A GitHub-markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in table]
-    return "\n".join(lines)
-
-
-def format_text(header: list[str], table: list[list[str]]) -> str:
-    """A fixed-width plain-text table for the terminal."""
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *table, strict=True)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join(
-        [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
-        + [fmt.format(*r) for r in table]
+    return Table(
+        "Clean accuracy (%)",
+        ["method", "seeds", "probe test [95% CI]", "probe val", "own head test"],
+        rows,
+        "Linear probe on frozen backbone features, full test set; CI across seeds (t) when >= 2 seeds.",
     )
 
 
-def plot_robust_accuracy(
-    rows: list[dict[str, Any]], path: Path, attack: str = "pgd"
-) -> Path | None:
-    """Robust accuracy vs L-inf eps per method (mean over seeds), with clean accuracy at eps=0."""
+def robust_table(res: StudyResults, attack: str) -> Table:
+    """Robust accuracy per method and budget with 95% intervals."""
+    budgets = res.budgets(attack)
+    header = ["method", "clean (attacked set)"] + [eps_label(n, e) for n, e in budgets]
+    rows = []
+    for method in res.methods:
+        clean = res.values(method, "clean_accuracy", attack=attack)
+        line = [method, _fmt(clean)]
+        for norm, eps in budgets:
+            line.append(accuracy_estimate(res, method, attack=attack, norm=norm, eps=eps).format())
+        rows.append(line)
+    return Table(
+        f"{attack.upper()} robust accuracy (%) [95% CI]",
+        header,
+        rows,
+        "Whole model (normalise -> backbone -> probe) in eval mode on a fixed test subset; interval across "
+        "seeds (t) with >= 2 seeds, else a bootstrap over test images.",
+    )
+
+
+def success_table(res: StudyResults, attack: str) -> Table:
+    """Clean-accuracy-free measures: attack success rate on initially correct images, robust/clean."""
+    budgets = res.budgets(attack)
+    header = (
+        ["method"]
+        + [f"ASR {eps_label(n, e)}" for n, e in budgets]
+        + [f"RA/clean {eps_label(n, e)}" for n, e in budgets]
+    )
+    rows = []
+    for method in res.methods:
+        line = [method]
+        line += [
+            _fmt(res.values(method, "attack_success_rate", attack=attack, norm=n, eps=e))
+            for n, e in budgets
+        ]
+        for norm, eps in budgets:
+            ra = res.values(method, "robust_accuracy", attack=attack, norm=norm, eps=eps)
+            clean = res.values(method, "clean_accuracy", attack=attack, norm=norm, eps=eps)
+            ratio = [r / c for r, c in zip(ra, clean, strict=False) if c > 0]
+            line.append(_fmt(ratio))
+        rows.append(line)
+    return Table(
+        f"{attack.upper()} attack success rate and robust/clean ratio (%)",
+        header,
+        rows,
+        "ASR: fraction of initially correct test images the attack flips (independent of clean accuracy).",
+    )
+
+
+def gap_table(
+    res: StudyResults, attack: str, supervised: str, contrastive: str
+) -> tuple[Table | None, dict[str, Any]]:
+    """Robustness gap SL - CSL and the fraction of it closed by every other method, with intervals."""
+    if supervised not in res.methods or contrastive not in res.methods:
+        return None, {}
+    others = [m for m in res.methods if m not in (supervised, contrastive)]
+    budgets = res.budgets(attack)
+    header = ["eps", f"gap {supervised} - {contrastive} (pts)"] + [
+        f"closed by {m} (%)" for m in others
+    ]
+    rows, plot_data = [], {}
+    for norm, eps in budgets:
+        cond = {"attack": attack, "norm": norm, "eps": eps}
+        matrices = {m: res.correct_matrix(m, **cond) for m in [supervised, contrastive, *others]}
+        line = [eps_label(norm, eps)]
+        if any(v is None for v in matrices.values()):
+            mean = {
+                m: float(np.mean(res.values(m, "robust_accuracy", **cond) or [float("nan")]))
+                for m in matrices
+            }
+            line.append(f"{100 * (mean[supervised] - mean[contrastive]):.1f}")
+            line += [
+                f"{100 * gap_closed(mean[m], mean[contrastive], mean[supervised]):.0f}"
+                for m in others
+            ]
+        else:
+            mats = {m: v for m, v in matrices.items() if v is not None}
+            gap = paired_bootstrap(mats, lambda a: a[supervised] - a[contrastive])
+            line.append(gap.format(scale=100.0))
+            for m in others:
+                est = paired_bootstrap(
+                    mats, lambda a, m=m: gap_closed(a[m], a[contrastive], a[supervised])
+                )
+                line.append(est.format(scale=100.0, digits=0))
+                plot_data.setdefault(m, []).append((eps_label(norm, eps), est))
+        rows.append(line)
+    table = Table(
+        f"Robustness gap and gap closed ({attack.upper()})",
+        header,
+        rows,
+        "Gap = RA(SL) - RA(CSL); gap closed by M = (RA(M) - RA(CSL)) / (RA(SL) - RA(CSL)). Intervals: "
+        "paired bootstrap over test images (and seeds). A negative gap means the contrastive model was "
+        "more robust; closure is then not meaningful.",
+    )
+    return table, plot_data
+
+
+def plot_robust(res: StudyResults, attack: str, path: Path) -> Path | None:
+    """Robust accuracy vs L-inf eps with 95% bands, one line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    linf = [r for r in rows if r.get("attack") == attack and r.get("norm") == "linf"]
-    if not linf:
+    budgets = [b for b in res.budgets(attack) if b[0] == "linf"]
+    if not budgets:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["method"] for r in linf):
-        mine = [r for r in linf if r["method"] == method]
-        clean = _mean([r["value"] for r in mine if r["metric"] == "clean_accuracy"])
-        eps_values = sorted({r["eps"] for r in mine if r["eps"] > 0})
-        xs = [0.0] + [e * 255 for e in eps_values]
-        ys = [100 * clean] + [
-            100
-            * _mean(
-                [r["value"] for r in mine if r["metric"] == "robust_accuracy" and r["eps"] == e]
-            )
-            for e in eps_values
-        ]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method in res.methods:
+        xs, ys, lo, hi = [], [], [], []
+        for norm, eps in budgets:
+            est = accuracy_estimate(res, method, attack=attack, norm=norm, eps=eps)
+            xs.append(eps * 255)
+            ys.append(100 * est.value)
+            lo.append(100 * (est.low if not math.isnan(est.low) else est.value))
+            hi.append(100 * (est.high if not math.isnan(est.high) else est.value))
         ax.plot(xs, ys, marker="o", label=method)
-    ax.set_xlabel("eps (x/255, L-inf)")
+        ax.fill_between(xs, lo, hi, alpha=0.2)
+    ax.set_xscale("symlog", linthresh=0.5)
+    ax.set_xlabel("eps (L-inf, x/255)")
     ax.set_ylabel(f"{attack.upper()} robust accuracy (%)")
-    ax.set_title("Robust accuracy vs perturbation size (linear probe)")
+    ax.set_title("Robust accuracy vs perturbation size (95% bands)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -159,31 +293,138 @@ def plot_robust_accuracy(
     return path
 
 
-def write_summary(
-    cells: list[RunConfig], folder: Path, *, title: str, wall_seconds: float | None = None
-) -> tuple[str, Path]:
-    """Write ``summary.json`` (all rows), ``report.md`` and ``robust_accuracy.png`` into ``folder``.
+def plot_gap_closure(plot_data: dict[str, list[tuple[str, Estimate]]], path: Path) -> Path | None:
+    """Bars of the gap fraction closed per method and eps, with bootstrap error bars."""
+    if not plot_data:
+        return None
+    import matplotlib
 
-    Returns:
-        The plain-text table (for printing) and the path of ``report.md``.
-    """
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for label, _ in next(iter(plot_data.values()))]
+    width = 0.8 / len(plot_data)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (method, items) in enumerate(plot_data.items()):
+        xs = np.arange(len(items)) + i * width
+        vals = np.array([100 * e.value for _, e in items])
+        err = np.array(
+            [
+                [100 * (e.value - e.low) if not math.isnan(e.low) else 0 for _, e in items],
+                [100 * (e.high - e.value) if not math.isnan(e.high) else 0 for _, e in items],
+            ]
+        )
+        ax.bar(xs, vals, width, yerr=np.clip(err, 0, None), capsize=3, label=method)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.axhline(100, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(np.arange(len(labels)) + width * (len(plot_data) - 1) / 2, labels)
+    ax.set_ylabel("robustness gap closed (%)")
+    ax.set_title("Gap closed relative to SL - CSL (95% bootstrap)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _export(rows: list[dict[str, Any]], folder: Path) -> None:
+    keys = [
+        "method",
+        "seed",
+        "cell_id",
+        "stage",
+        "metric",
+        "attack",
+        "norm",
+        "eps",
+        "corruption",
+        "severity",
+        "epoch",
+        "value",
+        "git_sha",
+        "created_at",
+    ]
+    with (folder / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    slim = [{k: v for k, v in r.items() if not k.endswith("_bits")} for r in rows]
+    write_json_atomic(folder / "results.json", slim)
+
+
+def write_report(
+    title: str,
+    cells: Sequence[Cell],
+    store: ResultsStore,
+    folder: Path,
+    *,
+    supervised: str = "supervised",
+    contrastive: str = "simclr",
+    wall_seconds: float | None = None,
+) -> tuple[str, Path]:
+    """Write the report files; return the terminal summary and the path of ``report.md``."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = collect_rows(cells)
-    write_json_atomic(folder / "summary.json", {"title": title, "rows": rows})
-    header, table = summary_table(rows)
-    plot = plot_robust_accuracy(rows, folder / "robust_accuracy.png")
-    parts = [
+    rows = current_rows(store, cells)
+    methods = list(dict.fromkeys(c.method for c in cells))
+    res = StudyResults(rows, methods)
+    _export(rows, folder)
+
+    tables = [clean_table(res)]
+    plots: list[tuple[str, Path]] = []
+    gap_plot_data: dict[str, Any] = {}
+    for attack in res.attacks():
+        tables.append(robust_table(res, attack))
+        tables.append(success_table(res, attack))
+        gap, data = gap_table(res, attack, supervised, contrastive)
+        if gap is not None:
+            tables.append(gap)
+            if attack == "pgd" or not gap_plot_data:
+                gap_plot_data = data
+    main_attack = res.attacks()[0] if res.attacks() else None
+    if main_attack:
+        p = plot_robust(res, main_attack, folder / "robust_accuracy.png")
+        if p:
+            plots.append(("Robust accuracy vs eps", p))
+    p = plot_gap_closure(gap_plot_data, folder / "gap_closure.png")
+    if p:
+        plots.append(("Gap closure", p))
+
+    missing = [c.config.name for c in cells if not any(r["cell_id"] == c.cell_id for r in rows)]
+    intro = [
         f"# {title}",
         "",
-        "Accuracies in %, means over seeds. `probe test`: linear probe on the full test set; the attack",
-        "columns use a fixed test subset, attacking normalise -> backbone -> probe head in eval mode.",
-        "",
-        format_markdown(header, table),
+        f"{len(cells)} cells ({len(methods)} methods); references: supervised = `{supervised}`, "
+        f"contrastive = `{contrastive}`. All numbers come from the results database; every row is in "
+        "`results.csv` / `results.json`.",
     ]
     if wall_seconds is not None:
-        parts += ["", f"Wall time of this invocation: {wall_seconds / 60:.1f} min."]
-    if plot is not None:
-        parts += ["", f"![robust accuracy vs eps]({plot.name})"]
+        intro += ["", f"Wall time of the last `study run`: {wall_seconds / 60:.1f} min."]
+    if missing:
+        intro += ["", f"**Incomplete: no results yet for {', '.join(missing)}.**"]
+    md = "\n".join(intro) + "\n\n" + "\n\n".join(t.markdown() for t in tables)
+    md += "\n\n" + "\n\n".join(f"![{name}]({p.name})" for name, p in plots) + "\n"
     report = folder / "report.md"
-    report.write_text("\n".join(parts) + "\n")
-    return format_text(header, table), report
+    report.write_text(md)
+
+    figures = "".join(
+        f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='data:image/png;base64,"
+        f"{base64.b64encode(p.read_bytes()).decode()}'/>"
+        for name, p in plots
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>"
+        + html.escape(title)
+        + "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
+        "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}th{background:#eee}.warn{color:#b00;font-weight:bold}</style></head><body>"
+        + "".join(f"<p>{html.escape(line)}</p>" for line in intro[2:] if line)
+        + "".join(t.html() for t in tables)
+        + figures
+        + "</body></html>"
+    )
+    (folder / "report.html").write_text(page)
+
+    summary = [clean_table(res).text()]
+    if main_attack:
+        summary.append(robust_table(res, main_attack).text())
+    return "\n\n".join(summary), report

@@ -1,62 +1,115 @@
-"""Run every cell of a study, skipping stages whose results are already on disk.
+"""Run the missing stages of every cell of a study, recording results in the study's database.
 
-A stage is done when its JSON record exists and belongs to the cell's run id (and, for the attack stage,
-to the same attack settings); training resumes from its last checkpoint. Killing the runner and starting
-it again therefore continues where it stopped.
+A cell is one (method, seed); its id is the hash of its training config (``RunConfig.run_id``). Each
+evaluation stage has its own key, ``<stage>:<hash of the settings it depends on>``, so changing the attack
+settings re-runs only the attack stage. A stage counts as done when its rows and marker are committed to
+the store (one transaction). Training resumes from its last epoch checkpoint, so a runner killed at any
+moment and started again finishes the study with no duplicated and no lost rows.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from cslrobust.config import RunConfig
-from cslrobust.study.spec import StudySpec, expand_study
-from cslrobust.study.stages import (
-    ATTACK_FILE,
-    PROBE_FILE,
-    TRAIN_FILE,
-    run_attack,
-    run_probe,
-    run_train,
-)
+from cslrobust.config import RunConfig, canonical_hash
+from cslrobust.provenance import git_sha
+from cslrobust.study.analyze import run_analyze
+from cslrobust.study.spec import StudySpec, expand_study, method_of
+from cslrobust.study.stages import run_attack, run_probe, run_train
+from cslrobust.study.store import ResultsStore, sqlite_path
+
+STAGES = ("train", "probe", "attack", "analyze")
 
 
-def _record(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return dict(json.loads(path.read_text()))
-    except json.JSONDecodeError:
-        return None  # a torn write is treated as "not done"
+def stage_keys(cfg: RunConfig) -> dict[str, str]:
+    """The key of each stage of a cell: the stage name plus a hash of the settings it depends on."""
+    probe = canonical_hash({"train": cfg.run_id(), "probe": cfg.probe.model_dump(mode="json")})
+    attack = canonical_hash({"probe": probe, "attack": cfg.attack.model_dump(mode="json")})
+    return {
+        "train": f"train:{cfg.run_id()}",
+        "probe": f"probe:{probe}",
+        "attack": f"attack:{attack}",
+    }
 
 
-def pending_stages(cfg: RunConfig) -> list[str]:
-    """The stages of a cell that still have to run, in order."""
-    run_dir = cfg.run_dir
-    run_id = cfg.run_id()
-    train = _record(run_dir / TRAIN_FILE)
-    if train is None or train.get("run_id") != run_id or train.get("epochs") != cfg.train.epochs:
-        return ["train", "probe", "attack"]
-    probe = _record(run_dir / PROBE_FILE)
-    if (
-        probe is None
-        or probe.get("run_id") != run_id
-        or probe.get("checkpoint_epoch") != cfg.train.epochs
-    ):
-        return ["probe", "attack"]
-    attack = _record(run_dir / ATTACK_FILE)
-    if (
-        attack is None
-        or attack.get("run_id") != run_id
-        or attack.get("checkpoint_epoch") != cfg.train.epochs
-        or attack.get("attack_config") != cfg.attack.model_dump(mode="json")
-    ):
-        return ["attack"]
-    return []
+def open_store(spec: StudySpec) -> ResultsStore:
+    """The study's results database (default ``sqlite:///<output_dir>/results.db``)."""
+    url = spec.storage or "sqlite:///results.db"
+    return ResultsStore(sqlite_path(url, spec.output_dir))
+
+
+def train_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the train stage: per-epoch means of every logged metric, and the wall time."""
+    rows: list[dict[str, Any]] = [{"metric": "train_seconds", "value": summary["wall_seconds"]}]
+    for record in summary["history"]:
+        epoch = int(record["epoch"])
+        for key, value in record.items():
+            if key != "epoch":
+                rows.append({"metric": f"train/{key}", "epoch": epoch, "value": value})
+    return rows
+
+
+def probe_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the probe stage."""
+    keys = (
+        "test_accuracy",
+        "val_accuracy",
+        "train_accuracy",
+        "own_head_test_accuracy",
+        "own_head_val_accuracy",
+    )
+    epoch = record["checkpoint_epoch"]
+    return [
+        {"metric": f"probe/{k}", "value": record[k], "epoch": epoch, "n_test": record["n_test"]}
+        for k in keys
+        if k in record
+    ]
+
+
+def attack_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the attack stage: clean, robust accuracy and success rate per (attack, norm, eps)."""
+    rows = []
+    for r in record["results"]:
+        cond = {
+            "attack": r["attack"],
+            "norm": r["norm"],
+            "eps": r["eps"],
+            "epoch": record["checkpoint_epoch"],
+        }
+        meta = {"n": r["n"], "steps": r["steps"], "restarts": r["restarts"]}
+        rows.append({**cond, **meta, "metric": "clean_accuracy", "value": r["clean_accuracy"]})
+        rows.append(
+            {
+                **cond,
+                **meta,
+                "metric": "robust_accuracy",
+                "value": r["robust_accuracy"],
+                "correct_bits": r.get("robust_correct_bits"),
+                "clean_bits": r.get("clean_correct_bits"),
+            }
+        )
+        rows.append(
+            {**cond, **meta, "metric": "attack_success_rate", "value": r["attack_success_rate"]}
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A study cell: its config, id and stage keys."""
+
+    config: RunConfig
+    cell_id: str
+    method: str
+    stages: dict[str, str]
+
+
+def study_cells(spec: StudySpec) -> list[Cell]:
+    """Expand a study into cells."""
+    return [Cell(cfg, cfg.run_id(), method_of(cfg), stage_keys(cfg)) for cfg in expand_study(spec)]
 
 
 def run_study(
@@ -64,30 +117,66 @@ def run_study(
     *,
     progress: bool = True,
     echo: Callable[[str], None] = print,
-) -> list[RunConfig]:
+) -> list[Cell]:
     """Run all pending stages of every cell; return the cells.
 
-    Args:
-        spec: The validated study.
-        progress: Show progress bars.
-        echo: Where one-line status messages go.
+    A failing cell is recorded as failed (with its one-line error) and the runner goes on with the
+    next cell; the error is raised again at the end so the command exits non-zero.
     """
-    cells = expand_study(spec)
-    for i, cfg in enumerate(cells, start=1):
-        stages = pending_stages(cfg)
-        label = f"[{i}/{len(cells)}] {cfg.name}"
-        if not stages:
-            echo(f"{label}: done, skipped")
-            continue
-        for stage in stages:
-            tic = time.perf_counter()
-            echo(f"{label}: {stage} ...")
-            if stage == "train":
-                run_train(cfg, resume=True, progress=progress)
-            elif stage == "probe":
-                record = run_probe(cfg.run_dir, progress=progress)
-                echo(f"{label}: probe test accuracy {record['test_accuracy']:.4f}")
-            else:
-                run_attack(cfg.run_dir, progress=progress)
-            echo(f"{label}: {stage} done in {time.perf_counter() - tic:.0f} s")
+    from cslrobust.errors import CslRobustError
+
+    cells = study_cells(spec)
+    failures: list[str] = []
+    with open_store(spec) as store:
+        for cell in cells:
+            store.register_cell(
+                cell.cell_id,
+                spec.name,
+                cell.method,
+                cell.config.seed,
+                cell.config.model_dump(mode="json"),
+            )
+        for i, cell in enumerate(cells, start=1):
+            cfg = cell.config
+            label = f"[{i}/{len(cells)}] {cfg.name}"
+            done = store.completed_stages(cell.cell_id)
+            pending = [s for s in STAGES if cell.stages[s] not in done]
+            if not pending:
+                echo(f"{label}: done, skipped")
+                store.mark_done(cell.cell_id)
+                continue
+            try:
+                for stage in pending:
+                    tic = time.perf_counter()
+                    echo(f"{label}: {stage} ...")
+                    store.mark_running(cell.cell_id, stage)
+                    rows = _run_stage(stage, cfg, progress)
+                    store.commit_stage(cell.cell_id, cell.stages[stage], rows, git_sha())
+                    echo(f"{label}: {stage} done in {time.perf_counter() - tic:.0f} s")
+                store.mark_done(cell.cell_id)
+            except CslRobustError as err:
+                store.mark_failed(cell.cell_id, stage, str(err))
+                echo(f"{label}: {stage} FAILED: {err}")
+                failures.append(f"{cfg.name}: {err}")
+    if failures:
+        raise CslRobustError(f"{len(failures)} cell(s) failed; first: {failures[0]}")
     return cells
+
+
+def analyze_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the analyze stage: one per geometry metric."""
+    epoch = record["checkpoint_epoch"]
+    return [
+        {"metric": f"geometry/{k}", "value": v, "epoch": epoch}
+        for k, v in record["metrics"].items()
+    ]
+
+
+def _run_stage(stage: str, cfg: RunConfig, progress: bool) -> list[dict[str, Any]]:
+    if stage == "train":
+        return train_rows(run_train(cfg, resume=True, progress=progress))
+    if stage == "probe":
+        return probe_rows(run_probe(cfg.run_dir, progress=progress))
+    if stage == "attack":
+        return attack_rows(run_attack(cfg.run_dir, progress=progress))
+    return analyze_rows(run_analyze(cfg.run_dir, progress=progress, tsne=True))

@@ -12,7 +12,8 @@ A study file (YAML) looks like::
       supervised: {objective: {name: supervised}}
       simclr: {objective: {name: simclr}}
 
-Each (method, seed) cell becomes one :class:`~cslrobust.config.RunConfig` named ``<method>-s<seed>``.
+Each (method, seed) cell becomes one :class:`~cslrobust.config.RunConfig` named
+``<method>-s<seed>-<first 8 hex digits of its run id>``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ class StudySpec(BaseModel):
 
     name: str
     output_dir: Path = Path("runs")
+    storage: str | None = None  # results database URL; default sqlite:///<output_dir>/results.db
     seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
+    supervised_method: str = "supervised"  # the SL reference of gap computations
+    contrastive_method: str = "simclr"  # the CSL reference
     base: dict[str, Any] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
 
@@ -103,12 +107,15 @@ def expand_study(spec: StudySpec) -> list[RunConfig]:
             data = deep_merge(spec.base, overrides)
             data.update(name=f"{method}-s{seed}", output_dir=str(spec.output_dir), seed=seed)
             try:
-                runs.append(build_run_config(data))
+                cfg = build_run_config(data)
             except ConfigError as err:
                 raise ConfigError(f"method {method!r}: {err}") from None
+            # The folder carries the cell id (hash of the training config): editing the study makes
+            # new cells beside the old ones instead of overwriting them.
+            runs.append(cfg.model_copy(update={"name": f"{method}-s{seed}-{cfg.run_id()[:8]}"}))
     return runs
 
 
 def method_of(run: RunConfig) -> str:
-    """The method name of a study cell (its run name without the ``-s<seed>`` suffix)."""
+    """The method name of a study cell (its run name without the ``-s<seed>-<id>`` suffix)."""
     return run.name.rsplit("-s", 1)[0]

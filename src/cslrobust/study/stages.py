@@ -15,6 +15,7 @@ The CLI, the demo and tests call these same functions.
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from cslrobust.config import RunConfig, load_saved_config, save_config
 from cslrobust.data import DataSplits, build_datasets, default_data_root
 from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.models import Classifier, Encoder, build_encoder
-from cslrobust.objectives import HeadKind, Objective, build_objective
+from cslrobust.objectives import OBJECTIVES, HeadKind, Objective, build_objective
 from cslrobust.probe import (
     accuracy,
     assert_frozen,
@@ -40,6 +41,7 @@ from cslrobust.probe import (
 )
 from cslrobust.provenance import provenance
 from cslrobust.seeding import make_generator
+from cslrobust.study.store import pack_bits
 from cslrobust.training import (
     Checkpoint,
     LoopSettings,
@@ -78,17 +80,17 @@ def load_data(cfg: RunConfig) -> DataSplits:
 
 
 def build_run_objective(cfg: RunConfig) -> Objective:
-    """The objective of a run, with its false-negative settings where it takes them."""
+    """The objective of a run: each objective receives the config fields its constructor names."""
     obj = cfg.objective
-    params: dict[str, Any] = {}
-    if obj.name == "supervised":
-        params["label_smoothing"] = obj.label_smoothing
-    else:
-        params["temperature"] = obj.temperature
-    if obj.name == "simclr_fnr":
+    accepted = inspect.signature(OBJECTIVES.get(obj.name)).parameters
+    values = obj.model_dump()
+    params: dict[str, Any] = {
+        k: values[k] for k in ("temperature", "label_smoothing", "tau_plus") if k in accepted
+    }
+    if "detector" in accepted:
         params.update(
             detector=obj.fn.detector,
-            detector_params={"removal_rate": obj.fn.removal_rate},
+            detector_params=obj.fn.detector_params(),
             mode=obj.fn.mode,
             warmup_epochs=obj.fn.warmup_epochs,
         )
@@ -401,6 +403,8 @@ def run_attack(
                     "attack_success_rate": res.attack_success_rate,
                     "max_perturbation": res.max_perturbation,
                     "n": res.n,
+                    "clean_correct_bits": pack_bits(res.clean_correct.cpu()),
+                    "robust_correct_bits": pack_bits(res.robust_correct.cpu()),
                 }
             )
     record = {

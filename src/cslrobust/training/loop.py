@@ -23,7 +23,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cslrobust.errors import CheckpointError, TrainingDivergedError
-from cslrobust.objectives import Objective
+from cslrobust.objectives import (
+    Objective,
+    load_objective_state,
+    objective_needs_bank,
+    objective_state,
+    refresh_objective,
+)
 from cslrobust.provenance import provenance
 from cslrobust.seeding import derive_seed, make_generator, rng_scope
 from cslrobust.training.checkpoint import (
@@ -96,6 +102,29 @@ class TrainResult:
     resumed_from: int = 0
 
 
+@torch.no_grad()
+def embed_dataset(model: nn.Module, data: TrainData, batch_size: int) -> torch.Tensor:
+    """Head outputs of every training image, un-augmented, in eval mode; row i is dataset index i.
+
+    Shape:
+        returns (N, D) on the model's device.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        index_chunks, out_chunks = [], []
+        for batch in data.batches(batch_size, shuffle=False, generator=None, drop_last=False):
+            index_chunks.append(batch.index)
+            out_chunks.append(model(batch.images))
+        index = torch.cat(index_chunks)
+        out = torch.cat(out_chunks)
+        bank = torch.empty_like(out)
+        bank[index] = out
+        return bank
+    finally:
+        model.train(was_training)
+
+
 def _check_finite(
     loss_sum: torch.Tensor, epoch: int, step: int, checkpoint: Checkpoint | None
 ) -> None:
@@ -163,6 +192,7 @@ def train(
         load_weights(model, last.model_file)
         state = load_state(last)
         optimizer.load_state_dict(state["optimizer"])
+        load_objective_state(objective, state.get("objective", {}))
         start_epoch = int(state["epoch"])
         result.history = [dict(h) for h in state.get("history", [])]
         result.checkpoint = last
@@ -175,6 +205,16 @@ def train(
 
     n_views = objective.n_views
     for epoch in range(start_epoch, settings.epochs):
+        bank_metrics: dict[str, float] = {}
+        if objective_needs_bank(objective, epoch):
+            # Detectors with a feature bank (e.g. k-means pseudo-labels) refresh it before the epoch.
+            bank = embed_dataset(model, data, settings.batch_size)
+            bank_metrics = refresh_objective(
+                objective,
+                bank,
+                epoch=epoch,
+                generator=make_generator(settings.seed, "bank", epoch, device=device),
+            )
         model.train()
         data_gen = make_generator(settings.seed, "data", epoch)
         objective_gen = make_generator(settings.seed, "objective", epoch, device=device)
@@ -232,6 +272,7 @@ def train(
         epoch_metrics["lr"] = float(lr_schedule[(epoch + 1) * steps_per_epoch - 1])
         epoch_metrics["images_per_s"] = seen * n_views / elapsed
         epoch_metrics["epoch_seconds"] = elapsed
+        epoch_metrics.update({f"bank/{k}": float(v) for k, v in bank_metrics.items()})
         result.history.append({"epoch": epoch + 1, **epoch_metrics})
         if metric_log is not None:
             metric_log.log(epoch + 1, epoch_metrics, prefix="train/")
@@ -243,6 +284,7 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "history": result.history,
                 "rng_cpu": torch.get_rng_state(),
+                "objective": objective_state(objective),
             }
             result.checkpoint = save_checkpoint(
                 checkpoint_dir,

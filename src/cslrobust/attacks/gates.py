@@ -1,0 +1,695 @@
+"""Sanity gates: checks over attack results that catch a broken or gradient-masked evaluation.
+
+A robust-accuracy number is only as good as the attack behind it (Carlini et al., "On Evaluating
+Adversarial Robustness", 2019; Athalye et al., ICML 2018). Each gate returns a :class:`GateResult`
+with the numbers behind it, and never raises on a failure: the caller decides what a failed gate
+blocks, and :func:`format_gates` shows failures prominently. Gates are pure functions over results,
+except :func:`gate_adversarial_examples` (re-evaluates the returned adversarial examples) and
+:func:`gate_input_gradients` (needs gradients), which take the target.
+
+Tolerances, and why:
+
+- eps = 0: exact equality; both numbers come from the same deterministic forward pass.
+- Monotone in eps: tolerance 0 by default. The same images (and, for PGD, the same random-start
+  draws) are attacked at every eps, so there is no sampling noise between the points; a rise means
+  the attack failed somewhere a smaller ball succeeded. ``monotone_tolerance`` allows a few samples.
+- PGD convergence: doubling the steps (or adding restarts) must not lower accuracy by more than 0.5
+  points; otherwise the attack has not converged and the reported number is too optimistic.
+- Ordering clean >= FGSM >= PGD >= AutoAttack: a weaker attack may beat a stronger one by chance on a
+  few samples, so the stronger one may exceed the weaker by at most ``z`` binomial standard errors,
+  ``z * sqrt(p * (1 - p) / n)`` with ``p`` the mean of the two accuracies (``z = 2`` by default).
+- Large eps (16/255 L-inf): accuracy under PGD and AutoAttack must fall to <= 2%; a
+  non-adversarially trained classifier has no robustness there, so a higher number suggests
+  gradient masking. FGSM is exempt: a single linearised step can stay well above 2%.
+- Adversarial examples: re-evaluated from scratch they must reproduce the reported robust accuracy
+  (up to ``max_mismatch`` samples) and lie in [0,1] and the eps-ball (``atol`` 1e-6 for float32).
+- Input gradients: at least 99% of samples must have a non-zero loss gradient; a zero gradient is
+  the classic gradient-masking symptom (AutoAttack's ``check_zero_gradients``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from cslrobust.attacks.autoattack import AutoAttackResult
+from cslrobust.attacks.evaluate import robust_accuracy
+from cslrobust.attacks.target import AttackTarget, frozen_eval, input_gradient
+from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
+
+#: The expected strength order, weakest first; AutoAttack rows are named ``"autoattack"``.
+ATTACK_ORDER: tuple[str, ...] = ("clean", "fgsm", "pgd", "autoattack")
+
+_EPS_MATCH = 1e-12  # two eps values closer than this are the same budget
+# autograd's messages when the loss has no graph back to the input (a detached output)
+_NO_GRAPH_ERRORS = ("does not require grad", "appears to not have been used in the graph")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The verdict of one gate.
+
+    Attributes:
+        name: Gate name and what it was applied to, e.g. ``"monotone_in_eps[pgd/linf]"``.
+        passed: Whether the check holds.
+        details: The numbers behind the verdict.
+        message: One line, stating the failure (with numbers) or what was checked.
+    """
+
+    name: str
+    passed: bool
+    details: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Tolerances of the gates (see the module docstring for the reasoning).
+
+    Attributes:
+        monotone_tolerance: Largest allowed rise in accuracy from a smaller to a larger eps.
+        max_convergence_drop: Largest allowed accuracy drop from doubling PGD steps or adding
+            restarts (0.005 = 0.5 points).
+        ordering_z: Standard errors a stronger attack may exceed a weaker one by.
+        large_eps: L-inf eps from which accuracy must be near zero (16/255).
+        large_eps_max_accuracy: The "near zero" threshold (0.02 = 2%).
+        large_eps_attacks: Attacks the large-eps gate applies to. Not FGSM: one linearised step
+            can legitimately leave a standard model well above 2% at 16/255.
+        min_gradient_fraction: Fraction of samples that must have a non-zero input gradient.
+        max_reevaluation_mismatch: Samples on which re-evaluated correctness may differ.
+        atol: Tolerance for the [0,1] box and the eps-ball (float32 rounding).
+    """
+
+    monotone_tolerance: float = 0.0
+    max_convergence_drop: float = 0.005
+    ordering_z: float = 2.0
+    large_eps: float = 16 / 255
+    large_eps_max_accuracy: float = 0.02
+    large_eps_attacks: tuple[str, ...] = ("pgd", "autoattack")
+    min_gradient_fraction: float = 0.99
+    max_reevaluation_mismatch: int = 0
+    atol: float = 1e-6
+
+
+class AccuracyPoint(Protocol):
+    """One (attack, norm, eps) outcome; :class:`~cslrobust.attacks.sweep.SweepRow` is one."""
+
+    @property
+    def attack(self) -> str:
+        """Attack name (``"fgsm"``, ``"pgd"``, ``"autoattack"``, ...)."""
+
+    @property
+    def norm(self) -> str:
+        """``"linf"`` or ``"l2"``."""
+
+    @property
+    def eps(self) -> float:
+        """Radius of the threat model."""
+
+    @property
+    def clean_accuracy(self) -> float:
+        """Accuracy on the clean inputs."""
+
+    @property
+    def robust_accuracy(self) -> float:
+        """Accuracy under the attack."""
+
+    @property
+    def n(self) -> int:
+        """Number of evaluated samples."""
+
+
+def _suffix(label: str) -> str:
+    return f"[{label}]" if label else ""
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def gate_eps_zero(clean_accuracy: float, accuracy_at_zero: float, *, label: str = "") -> GateResult:
+    """Accuracy under an attack with eps = 0 must equal clean accuracy exactly.
+
+    Why: at eps = 0 the attack must return the input; any difference means the attack leaves the
+    threat model, or the clean and attacked paths differ (normalisation, train mode, dtype).
+    """
+    passed = accuracy_at_zero == clean_accuracy
+    details = {"clean_accuracy": clean_accuracy, "accuracy_at_zero": accuracy_at_zero}
+    message = (
+        f"accuracy at eps=0 equals clean accuracy ({_pct(clean_accuracy)})"
+        if passed
+        else f"accuracy at eps=0 is {_pct(accuracy_at_zero)} but clean accuracy is "
+        f"{_pct(clean_accuracy)}: the attack leaves the threat model or the paths differ"
+    )
+    return GateResult(f"eps_zero{_suffix(label)}", passed, details, message)
+
+
+def gate_monotone_in_eps(
+    eps: Sequence[float], accuracy: Sequence[float], *, tolerance: float = 0.0, label: str = ""
+) -> GateResult:
+    """Robust accuracy must not rise with eps (beyond ``tolerance``) for one attack and norm.
+
+    Every pair ``eps_i < eps_j`` is checked (against the running minimum), not only neighbours.
+    """
+    if len(eps) != len(accuracy):
+        raise ValueError(f"eps and accuracy differ in length: {len(eps)} vs {len(accuracy)}")
+    pairs = sorted(zip(eps, accuracy, strict=True))
+    violations: list[dict[str, float]] = []
+    best_eps, best = math.nan, math.inf
+    for e, a in pairs:
+        if a > best + tolerance:
+            violations.append({"eps_low": best_eps, "eps_high": e, "rise": a - best})
+        if a < best:
+            best_eps, best = e, a
+    details = {
+        "eps": [e for e, _ in pairs],
+        "accuracy": [a for _, a in pairs],
+        "tolerance": tolerance,
+        "violations": violations,
+    }
+    if not violations:
+        return GateResult(
+            f"monotone_in_eps{_suffix(label)}",
+            True,
+            details,
+            f"accuracy non-increasing over {len(pairs)} eps values",
+        )
+    worst = max(violations, key=lambda v: v["rise"])
+    message = (
+        f"accuracy rises by {_pct(worst['rise'])} from eps={worst['eps_low']:.4g} to "
+        f"eps={worst['eps_high']:.4g} ({len(violations)} violation(s)): the attack is not reliable"
+    )
+    return GateResult(f"monotone_in_eps{_suffix(label)}", False, details, message)
+
+
+def gate_pgd_convergence(
+    accuracy: float,
+    accuracy_double_steps: float,
+    *,
+    steps: int,
+    accuracy_restarts: float | None = None,
+    restarts: int | None = None,
+    max_drop: float = 0.005,
+    label: str = "",
+) -> GateResult:
+    """PGD has converged if 2x steps (and restarts) lower accuracy by at most ``max_drop``.
+
+    Args:
+        accuracy: Robust accuracy of PGD with ``steps`` steps.
+        accuracy_double_steps: Robust accuracy of PGD with ``2 * steps`` steps.
+        steps: The base number of steps.
+        accuracy_restarts: Optional robust accuracy of PGD with ``steps`` steps and ``restarts``.
+        restarts: The number of restarts behind ``accuracy_restarts``.
+        max_drop: Largest tolerated drop (0.005 = 0.5 points).
+        label: Shown in the gate name.
+    """
+    drops = {"double_steps": accuracy - accuracy_double_steps}
+    if accuracy_restarts is not None:
+        drops["restarts"] = accuracy - accuracy_restarts
+    details: dict[str, Any] = {
+        "steps": steps,
+        "accuracy": accuracy,
+        "accuracy_double_steps": accuracy_double_steps,
+        "accuracy_restarts": accuracy_restarts,
+        "restarts": restarts,
+        "drops": drops,
+        "max_drop": max_drop,
+    }
+    failing = {k: v for k, v in drops.items() if v > max_drop}
+    if not failing:
+        return GateResult(
+            f"pgd_convergence{_suffix(label)}",
+            True,
+            details,
+            f"PGD-{steps} converged: largest drop {_pct(max(drops.values()))} <= {_pct(max_drop)}",
+        )
+    parts = []
+    if "double_steps" in failing:
+        parts.append(f"PGD-{2 * steps} is {_pct(failing['double_steps'])} lower than PGD-{steps}")
+    if "restarts" in failing:
+        parts.append(f"{restarts} restarts are {_pct(failing['restarts'])} lower")
+    message = f"PGD-{steps} not converged: {'; '.join(parts)} (limit {_pct(max_drop)})"
+    return GateResult(f"pgd_convergence{_suffix(label)}", False, details, message)
+
+
+def binomial_tolerance(p: float, n: int, z: float = 2.0) -> float:
+    """``z`` standard errors of an accuracy ``p`` estimated on ``n`` samples."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    p = min(max(p, 0.0), 1.0)
+    return z * math.sqrt(p * (1.0 - p) / n)
+
+
+def gate_attack_ordering(
+    accuracies: Mapping[str, float],
+    n: int,
+    *,
+    order: Sequence[str] = ATTACK_ORDER,
+    z: float = 2.0,
+    label: str = "",
+) -> GateResult:
+    """Stronger attacks must not leave a higher accuracy than weaker ones, beyond sampling noise.
+
+    Every pair in ``order`` present in ``accuracies`` (weaker first) is checked:
+    ``acc(stronger) <= acc(weaker) + z * sqrt(p (1 - p) / n)``, ``p`` the mean of the two.
+
+    Args:
+        accuracies: Name -> accuracy, e.g. ``{"clean": .9, "fgsm": .4, "pgd": .2, "autoattack": .1}``.
+        n: Number of evaluated samples.
+        order: Names from weakest to strongest.
+        z: Standard errors of slack.
+        label: Shown in the gate name.
+    """
+    present = [name for name in order if name in accuracies]
+    violations: list[dict[str, Any]] = []
+    for i, weaker in enumerate(present):
+        for stronger in present[i + 1 :]:
+            a, b = accuracies[weaker], accuracies[stronger]
+            tol = binomial_tolerance((a + b) / 2, n, z)
+            if b > a + tol:
+                violations.append(
+                    {"weaker": weaker, "stronger": stronger, "excess": b - a, "tolerance": tol}
+                )
+    details = {
+        "accuracies": {k: accuracies[k] for k in present},
+        "n": n,
+        "z": z,
+        "violations": violations,
+    }
+    if not violations:
+        return GateResult(
+            f"attack_ordering{_suffix(label)}",
+            True,
+            details,
+            f"order {' >= '.join(present)} holds within {z:g} standard errors",
+        )
+    worst = max(violations, key=lambda v: v["excess"] - v["tolerance"])
+    message = (
+        f"{worst['stronger']} leaves {_pct(worst['excess'])} more accuracy than {worst['weaker']} "
+        f"(noise allows {_pct(worst['tolerance'])}): the stronger attack is failing"
+    )
+    return GateResult(f"attack_ordering{_suffix(label)}", False, details, message)
+
+
+def gate_large_eps(
+    accuracy: float, *, eps: float, max_accuracy: float = 0.02, label: str = ""
+) -> GateResult:
+    """At a large eps (16/255 L-inf) a non-adversarially trained model must be near 0% accurate."""
+    passed = accuracy <= max_accuracy
+    details = {"eps": eps, "accuracy": accuracy, "max_accuracy": max_accuracy}
+    message = (
+        f"accuracy {_pct(accuracy)} <= {_pct(max_accuracy)} at eps={eps:.4g}"
+        if passed
+        else f"accuracy {_pct(accuracy)} at eps={eps:.4g} exceeds {_pct(max_accuracy)}: "
+        "gradient masking suspected"
+    )
+    return GateResult(f"large_eps{_suffix(label)}", passed, details, message)
+
+
+def gate_adversarial_examples(
+    target: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    x_adv: Tensor,
+    *,
+    eps: float,
+    norm: Norm,
+    reported_robust_correct: Tensor | None = None,
+    reported_robust_accuracy: float | None = None,
+    max_mismatch: int = 0,
+    atol: float = 1e-6,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    label: str = "",
+) -> GateResult:
+    """Re-evaluate returned adversarial examples from scratch; check the box, the ball, the number.
+
+    A sample is robust if the target classifies both ``images[i]`` and ``x_adv[i]`` correctly.
+    The re-evaluated robust accuracy must match the reported one: per sample when
+    ``reported_robust_correct`` is given (up to ``max_mismatch`` samples), else in count
+    (``round(reported_robust_accuracy * N)``, same slack).
+
+    Shape:
+        images, x_adv: ``(N, C, ...)``; labels: ``(N,)``; reported_robust_correct: ``(N,)`` bool.
+    """
+    norm = validate_norm(norm)
+    if x_adv.shape != images.shape:
+        raise ValueError(f"x_adv has shape {tuple(x_adv.shape)}, images {tuple(images.shape)}")
+    if reported_robust_correct is None and reported_robust_accuracy is None:
+        raise ValueError("give reported_robust_correct or reported_robust_accuracy")
+    n = images.shape[0]
+    device = torch.device(device)
+    robust_parts: list[Tensor] = []
+    norms: list[Tensor] = []
+    finite = True
+    low, high = math.inf, -math.inf
+    with _as_target(target) as frozen, torch.no_grad():
+        for start in range(0, n, batch_size):
+            x = images[start : start + batch_size].to(device)
+            xa = x_adv[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size].to(device)
+            finite &= bool(torch.isfinite(xa).all())
+            low = min(low, float(xa.min()))
+            high = max(high, float(xa.max()))
+            norms.append(perturbation_norm(xa.double() - x.double(), norm).cpu())
+            clean_ok = frozen(x).argmax(dim=1) == y
+            # The wrapped model directly: an out-of-box x_adv is reported below, not raised on.
+            adv_ok = frozen.model(xa).argmax(dim=1) == y
+            robust_parts.append((clean_ok & adv_ok).cpu())
+    robust = torch.cat(robust_parts)
+    pert = torch.cat(norms)
+    n_robust = int(robust.sum())
+    if reported_robust_correct is not None:
+        mismatch = int((robust != reported_robust_correct.cpu().bool()).sum())
+        reported_acc = float(reported_robust_correct.float().mean())
+    else:
+        assert reported_robust_accuracy is not None
+        reported_acc = reported_robust_accuracy
+        mismatch = abs(n_robust - round(reported_robust_accuracy * n))
+    n_outside_ball = int((pert > eps + atol).sum())
+    in_box = finite and low >= -atol and high <= 1.0 + atol
+    details = {
+        "reevaluated_robust_accuracy": n_robust / n,
+        "reported_robust_accuracy": reported_acc,
+        "mismatched_samples": mismatch,
+        "max_mismatch": max_mismatch,
+        "max_perturbation": float(pert.max()),
+        "eps": eps,
+        "norm": norm,
+        "n_outside_ball": n_outside_ball,
+        "min_pixel": low,
+        "max_pixel": high,
+        "finite": finite,
+    }
+    problems = []
+    if mismatch > max_mismatch:
+        problems.append(
+            f"re-evaluated robust accuracy {_pct(n_robust / n)} differs from the reported "
+            f"{_pct(reported_acc)} on {mismatch} sample(s)"
+        )
+    if n_outside_ball:
+        problems.append(
+            f"{n_outside_ball} sample(s) outside the {norm} eps-ball (max perturbation "
+            f"{float(pert.max()):.6g} > eps {eps:.6g})"
+        )
+    if not in_box:
+        problems.append(f"x_adv leaves [0,1] (min {low:.6g}, max {high:.6g}, finite {finite})")
+    name = f"adversarial_examples{_suffix(label)}"
+    if problems:
+        return GateResult(name, False, details, "; ".join(problems))
+    return GateResult(
+        name,
+        True,
+        details,
+        f"x_adv in [0,1] and the eps-ball; re-evaluation reproduces {_pct(n_robust / n)}",
+    )
+
+
+def gate_input_gradients(
+    target: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    *,
+    min_fraction: float = 0.99,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    label: str = "",
+) -> GateResult:
+    """At least ``min_fraction`` of samples must have a non-zero cross-entropy input gradient.
+
+    Zero gradients (a detached output, a step function, saturated softmax in float32) make gradient
+    attacks fail silently and robust accuracy look high: the classic gradient-masking case.
+    """
+    device = torch.device(device)
+    zero_parts: list[Tensor] = []
+    with _as_target(target) as frozen:
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start : start + batch_size].to(device)
+            y = labels[start : start + batch_size].to(device)
+            try:
+                _, _, grad = input_gradient(frozen, x, y)
+            except RuntimeError as error:
+                if not any(text in str(error) for text in _NO_GRAPH_ERRORS):
+                    raise
+                grad = torch.zeros_like(x)  # the output does not depend on x through autograd
+            zero_parts.append((grad.flatten(1).abs().sum(dim=1) == 0).cpu())
+    zero = torch.cat(zero_parts)
+    n = zero.numel()
+    fraction = 1.0 - int(zero.sum()) / n
+    details = {
+        "nonzero_fraction": fraction,
+        "n_zero": int(zero.sum()),
+        "n": n,
+        "min_fraction": min_fraction,
+        "zero_indices": zero.nonzero().squeeze(1)[:20].tolist(),
+    }
+    passed = fraction >= min_fraction
+    message = (
+        f"{_pct(fraction)} of samples have a non-zero input gradient"
+        if passed
+        else f"only {_pct(fraction)} of samples have a non-zero input gradient (need "
+        f"{_pct(min_fraction)}): gradient masking, gradient attacks are unreliable"
+    )
+    return GateResult(f"input_gradients{_suffix(label)}", passed, details, message)
+
+
+@contextlib.contextmanager
+def _as_target(model: nn.Module) -> Iterator[AttackTarget]:
+    """Yield an :class:`AttackTarget` for any model; a plain model is restored on exit."""
+    if isinstance(model, AttackTarget):
+        yield model
+        return
+    with frozen_eval(model):
+        yield AttackTarget(model)
+
+
+@dataclass(frozen=True)
+class ConvergenceSettings:
+    """Where to test PGD convergence: one (norm, eps), base steps and the restart count."""
+
+    eps: float
+    norm: Norm = "linf"
+    steps: int = 10
+    restarts: int = 5
+
+
+def check_pgd_convergence(
+    target: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    settings: ConvergenceSettings,
+    *,
+    seed: int,
+    max_drop: float = 0.005,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> GateResult:
+    """Run PGD-k, PGD-2k and PGD-k with restarts (default step sizes) and apply the gate."""
+
+    def run(steps: int, restarts: int) -> float:
+        return robust_accuracy(
+            target,
+            images,
+            labels,
+            attack="pgd",
+            eps=settings.eps,
+            norm=settings.norm,
+            steps=steps,
+            restarts=restarts,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+        ).robust_accuracy
+
+    base = run(settings.steps, 1)
+    doubled = run(2 * settings.steps, 1)
+    restarted = run(settings.steps, settings.restarts) if settings.restarts > 1 else None
+    return gate_pgd_convergence(
+        base,
+        doubled,
+        steps=settings.steps,
+        accuracy_restarts=restarted,
+        restarts=settings.restarts if restarted is not None else None,
+        max_drop=max_drop,
+        label=f"{settings.norm}/eps={settings.eps:.4g}",
+    )
+
+
+@dataclass(frozen=True)
+class _Row:
+    """An :class:`AccuracyPoint` built from an :class:`AutoAttackResult`."""
+
+    attack: str
+    norm: str
+    eps: float
+    clean_accuracy: float
+    robust_accuracy: float
+    n: int
+
+
+def _autoattack_row(result: AutoAttackResult) -> _Row:
+    return _Row(
+        "autoattack",
+        result.norm,
+        result.eps,
+        result.clean_accuracy,
+        result.robust_accuracy,
+        result.n,
+    )
+
+
+def _eps_key(eps: float) -> float:
+    return round(eps / _EPS_MATCH) * _EPS_MATCH
+
+
+def run_gates(
+    rows: Iterable[AccuracyPoint] = (),
+    *,
+    autoattack: Sequence[AutoAttackResult] = (),
+    target: nn.Module | None = None,
+    images: Tensor | None = None,
+    labels: Tensor | None = None,
+    convergence: Sequence[ConvergenceSettings] = (),
+    seed: int = 0,
+    thresholds: GateThresholds | None = None,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> list[GateResult]:
+    """Apply every gate the given results allow.
+
+    From ``rows`` (and the AutoAttack results, as attack ``"autoattack"``):
+
+    - ``eps_zero`` for each row at eps = 0;
+    - ``monotone_in_eps`` per (attack, norm) with at least two eps values;
+    - ``attack_ordering`` per (norm, eps > 0) with at least two of clean/FGSM/PGD/AutoAttack;
+    - ``large_eps`` for each L-inf row of an attack in ``thresholds.large_eps_attacks`` (PGD,
+      AutoAttack) at eps >= ``thresholds.large_eps``.
+
+    With ``target``, ``images`` and ``labels`` (the images the results were computed on):
+
+    - ``adversarial_examples`` for each AutoAttack result (its ``x_adv``);
+    - ``input_gradients`` once;
+    - ``pgd_convergence`` for each entry of ``convergence``.
+
+    Raises:
+        ValueError: If two rows share (attack, norm, eps), or rows disagree on n for one budget.
+    """
+    th = thresholds or GateThresholds()
+    points: list[AccuracyPoint] = [*rows, *(_autoattack_row(r) for r in autoattack)]
+    seen: set[tuple[str, str, float]] = set()
+    by_curve: dict[tuple[str, str], list[AccuracyPoint]] = defaultdict(list)
+    by_budget: dict[tuple[str, float], list[AccuracyPoint]] = defaultdict(list)
+    for p in points:
+        key = (p.attack, p.norm, _eps_key(p.eps))
+        if key in seen:
+            raise ValueError(f"two results for attack {p.attack!r}, {p.norm}, eps={p.eps:.6g}")
+        seen.add(key)
+        by_curve[(p.attack, p.norm)].append(p)
+        by_budget[(p.norm, _eps_key(p.eps))].append(p)
+
+    gates: list[GateResult] = []
+    for p in points:
+        if p.eps == 0.0:
+            gates.append(
+                gate_eps_zero(p.clean_accuracy, p.robust_accuracy, label=f"{p.attack}/{p.norm}")
+            )
+    for (attack, norm), curve in by_curve.items():
+        if len(curve) >= 2:
+            gates.append(
+                gate_monotone_in_eps(
+                    [p.eps for p in curve],
+                    [p.robust_accuracy for p in curve],
+                    tolerance=th.monotone_tolerance,
+                    label=f"{attack}/{norm}",
+                )
+            )
+    for (norm, eps), budget in sorted(by_budget.items()):
+        if eps == 0.0:
+            continue
+        sizes = {p.n for p in budget}
+        if len(sizes) != 1:
+            raise ValueError(f"results at {norm} eps={eps:.6g} have different n: {sorted(sizes)}")
+        accuracies = {p.attack: p.robust_accuracy for p in budget}
+        accuracies["clean"] = max(p.clean_accuracy for p in budget)
+        if sum(name in accuracies for name in ATTACK_ORDER) >= 3:  # clean + two attacks
+            gates.append(
+                gate_attack_ordering(
+                    accuracies, sizes.pop(), z=th.ordering_z, label=f"{norm}/eps={eps:.4g}"
+                )
+            )
+    for p in points:
+        if (
+            p.attack in th.large_eps_attacks
+            and p.norm == "linf"
+            and p.eps >= th.large_eps - _EPS_MATCH
+        ):
+            gates.append(
+                gate_large_eps(
+                    p.robust_accuracy,
+                    eps=p.eps,
+                    max_accuracy=th.large_eps_max_accuracy,
+                    label=f"{p.attack}/{p.norm}",
+                )
+            )
+    if target is not None and images is not None and labels is not None:
+        for result in autoattack:
+            gates.append(
+                gate_adversarial_examples(
+                    target,
+                    images,
+                    labels,
+                    result.x_adv,
+                    eps=result.eps,
+                    norm=result.norm,
+                    reported_robust_correct=result.robust_correct,
+                    max_mismatch=th.max_reevaluation_mismatch,
+                    atol=th.atol,
+                    batch_size=batch_size,
+                    device=device,
+                    label=f"autoattack/{result.norm}/eps={result.eps:.4g}",
+                )
+            )
+        gates.append(
+            gate_input_gradients(
+                target,
+                images,
+                labels,
+                min_fraction=th.min_gradient_fraction,
+                batch_size=batch_size,
+                device=device,
+            )
+        )
+        for settings in convergence:
+            gates.append(
+                check_pgd_convergence(
+                    target,
+                    images,
+                    labels,
+                    settings,
+                    seed=seed,
+                    max_drop=th.max_convergence_drop,
+                    batch_size=batch_size,
+                    device=device,
+                )
+            )
+    return gates
+
+
+def format_gates(gates: Sequence[GateResult]) -> str:
+    """A plain-text report: a summary line, failures first (``GATE FAILED: ...``), then passes."""
+    failed = [g for g in gates if not g.passed]
+    lines = [
+        f"sanity gates: {len(gates) - len(failed)} passed, {len(failed)} FAILED"
+        if failed
+        else f"sanity gates: all {len(gates)} passed"
+    ]
+    lines += [f"GATE FAILED: {g.name}: {g.message}" for g in failed]
+    lines += [f"gate passed: {g.name}: {g.message}" for g in gates if g.passed]
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Geometry stage: measure the mechanism (uniformity, class margins, sensitivity) of a probed run.
+
+Writes ``analysis.json`` and PNG plots (class distance matrix, t-SNE) into the run folder. All numerics
+are in :mod:`cslrobust.geometry`; this module only runs the model to get features and perturbations.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cslrobust.attacks import AttackTarget, default_step_size, frozen_eval, pgd
+from cslrobust.augment import build_augment
+from cslrobust.geometry import (
+    class_distance_matrix,
+    compute_geometry,
+    feature_sensitivity,
+    perturbation_norms,
+    plot_distance_matrix,
+    plot_embedding,
+    random_like_norm,
+    summarize_sensitivity,
+    tsne_2d,
+)
+from cslrobust.models import Classifier
+from cslrobust.probe import extract_features
+from cslrobust.provenance import provenance
+from cslrobust.seeding import make_generator, rng_scope
+from cslrobust.study.stages import PROBE_WEIGHTS, eval_subset, load_run
+from cslrobust.training import load_weights
+from cslrobust.training.checkpoint import read_metadata, write_json_atomic
+
+ANALYSIS_FILE = "analysis.json"
+
+
+def run_analyze(
+    run_dir: Path,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    tsne: bool = True,
+) -> dict[str, Any]:
+    """Geometry of a probed run's backbone features on the test set, and its feature sensitivity.
+
+    Metrics (MISSION.md "Geometry"): alignment between two SimCLR views of each test image, uniformity,
+    intra/inter-class cosine distance and their ratio, centroid and probe-logit margins, effective rank;
+    the same on the projector output when the run has one (``proj/`` keys); feature sensitivity
+    ``||f(x+d) - f(x)|| / ||d||`` for PGD perturbations and for random perturbations of the same L-inf
+    norm at each ``geometry.sensitivity_eps``.
+
+    Returns:
+        The record written to ``analysis.json``.
+    """
+    del progress
+    tic = time.perf_counter()
+    probe_path = run_dir / PROBE_WEIGHTS
+    epoch = int(read_metadata(probe_path).get("checkpoint_epoch", "0")) or None
+    run = load_run(run_dir, epoch=epoch, device=device)
+    cfg, encoder, splits = run.config, run.encoder, run.splits
+    geo, dev = cfg.geometry, run.config.device
+    head = nn.Linear(encoder.feature_dim, splits.num_classes)
+    load_weights(head, probe_path)
+    head = head.to(dev)
+
+    subset = eval_subset(splits.test.labels.cpu(), geo.n_images)
+    images = splits.test.images[subset.to(splits.test.images.device)]
+    labels = splits.test.labels[subset.to(splits.test.labels.device)].cpu()
+    batch = cfg.attack.batch_size
+
+    def feats(x: torch.Tensor, fn: Any = None) -> torch.Tensor:
+        return extract_features(fn or encoder.features, encoder, x, batch_size=batch, device=dev)
+
+    features = feats(images)
+    with torch.no_grad():
+        logits = head(features)
+    # Two augmented views of every test image for alignment (the same SimCLR views as in training).
+    views = build_augment("simclr").to(dev)
+    with rng_scope(make_generator(cfg.seed, "analyze_views").initial_seed(), dev):
+        x01 = images.to(dev).float().div(255)
+        pair = views(x01, 2)
+    v1, v2 = feats(pair[: len(x01)]), feats(pair[len(x01) :])
+    record: dict[str, Any] = {
+        "name": cfg.name,
+        "objective": cfg.objective.name,
+        "run_id": cfg.run_id(),
+    }
+    metrics = compute_geometry(
+        features.cpu(), labels, logits=logits.cpu(), chunk_size=geo.chunk_size
+    )
+    metrics.update(
+        {
+            k: v
+            for k, v in compute_geometry(
+                v1.cpu(), labels, paired=v2.cpu(), chunk_size=geo.chunk_size
+            ).items()
+            if k.startswith("alignment")
+        }
+    )
+    if cfg.objective.name != "supervised":
+        z = feats(images, encoder)  # projector output
+        for key, value in compute_geometry(z.cpu(), labels, chunk_size=geo.chunk_size).items():
+            metrics[f"proj/{key}"] = value
+
+    # Sensitivity under PGD and random perturbations of the same L-inf norm.
+    model = Classifier(encoder, head).to(dev)
+    n_sens = min(geo.sensitivity_images, len(images))
+    xs = images[:n_sens].to(dev).float().div(255)
+    ys = labels[:n_sens].to(dev)
+    with frozen_eval(model):
+        target = AttackTarget(model)
+        for eps_255 in geo.sensitivity_eps:
+            eps = eps_255 / 255
+            steps = cfg.attack.steps
+            x_adv = pgd(
+                target,
+                xs,
+                ys,
+                eps=eps,
+                step_size=default_step_size(eps, steps),
+                steps=steps,
+                norm="linf",
+                random_start=True,
+                generator=make_generator(cfg.seed, "analyze_pgd", eps_255, device=dev),
+            )
+            delta = x_adv - xs
+            x_rand = (
+                xs
+                + random_like_norm(
+                    delta, "linf", make_generator(cfg.seed, "analyze_rand", eps_255, device=dev)
+                )
+            ).clamp(0, 1)
+            f0 = feats(xs)
+            for kind, x_pert in (("pgd", x_adv), ("random", x_rand)):
+                d = x_pert - xs
+                norms = perturbation_norms(d, "l2")
+                keep = norms > 0
+                sens = feature_sensitivity(f0[keep], feats(x_pert[keep]), norms[keep])
+                for key, value in summarize_sensitivity(sens).items():
+                    metrics[f"sensitivity_{kind}_{eps_255:g}/{key}"] = value
+
+    matrix = class_distance_matrix(features.cpu(), labels, num_classes=splits.num_classes)
+    plot_distance_matrix(matrix, list(splits.classes), run_dir / "class_distances.png")
+    if tsne:
+        emb = tsne_2d(features.cpu(), seed=cfg.seed, max_points=geo.tsne_points)
+        plot_embedding(emb.xy, labels[emb.indices], list(splits.classes), run_dir / "tsne.png")
+    record.update(
+        metrics=metrics,
+        class_distance_matrix=matrix.tolist(),
+        n_images=len(images),
+        sensitivity_images=n_sens,
+        checkpoint_epoch=run.checkpoint.epoch,
+        wall_seconds=time.perf_counter() - tic,
+        **provenance(),
+    )
+    write_json_atomic(run_dir / ANALYSIS_FILE, record)
+    return record
