@@ -242,6 +242,52 @@ class AttackConfig(_Section):
         return value
 
 
+class EvaluationConfig(_Section):
+    """The trustworthy evaluation suite of ``cslrobust evaluate`` (issue 3).
+
+    ``quick``: clean + FGSM/PGD L-inf sweeps + sanity gates. ``standard``: also L2 sweeps, AutoAttack
+    (reference implementation), FAB minimal perturbations and the 75 common corruptions. Radii are in
+    1/255 for L-inf and absolute for L2.
+    """
+
+    suite: Literal["quick", "standard"] = "standard"
+    n_images: int | None = Field(default=1000, gt=0, description="fixed test subset; all if null")
+    batch_size: int = Field(default=256, gt=0)
+    eps_linf: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    eps_l2: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
+    large_eps_linf: float = Field(default=16.0, gt=0.0, description="gradient-masking gate radius")
+    steps: int = Field(default=10, ge=1)
+    relative_step_size: float | None = Field(default=None, gt=0.0)
+    restarts: int = Field(default=1, ge=1)
+    convergence_eps_linf: float = Field(default=1.0, gt=0.0)
+    convergence_restarts: int = Field(default=5, ge=1)
+    autoattack_version: Literal["standard", "plus", "custom"] = "standard"
+    autoattack_attacks: tuple[str, ...] | None = None
+    autoattack_eps_linf: tuple[float, ...] = (1.0,)
+    autoattack_eps_l2: tuple[float, ...] = ()
+    fab_images: int = Field(default=200, ge=0)
+    fab_n_iter: int = Field(default=100, ge=1)
+    corruptions: tuple[str, ...] | None = None  # all 15 when null
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    corruption_images: int | None = Field(default=1000, gt=0)
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for s in value:
+            if not 1 <= s <= 5:
+                raise ValueError(f"severity {s} outside 1..5")
+        return value
+
+    @model_validator(mode="after")
+    def _custom_needs_attacks(self) -> EvaluationConfig:
+        if self.autoattack_version == "custom" and not self.autoattack_attacks:
+            raise ValueError("autoattack_version 'custom' needs autoattack_attacks, e.g. [apgd-ce]")
+        if self.autoattack_version != "custom" and self.autoattack_attacks:
+            raise ValueError("autoattack_attacks is only used with autoattack_version 'custom'")
+        return self
+
+
 class GeometryConfig(_Section):
     """Representation geometry of the test set (``cslrobust analyze`` and the study's analyze stage)."""
 
@@ -269,6 +315,7 @@ class RunConfig(_Section):
     probe: ProbeConfig = ProbeConfig()
     attack: AttackConfig = AttackConfig()
     geometry: GeometryConfig = GeometryConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @field_validator("device")
     @classmethod

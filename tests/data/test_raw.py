@@ -39,3 +39,16 @@ def test_valid_raw_dataset_is_frozen() -> None:
 def test_inconsistent_raw_dataset(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(DataError, match=message):
         _raw(**overrides)
+
+
+def test_from_splits_takes_train_then_test() -> None:
+    raw = _raw()
+    splits = [(raw.train_images, raw.train_labels), (raw.test_images, raw.test_labels)]
+    built = RawDataset.from_splits(splits, classes=raw.classes, name=raw.name)
+    assert built.train_labels is raw.train_labels and built.test_labels is raw.test_labels
+    assert built.train_images is raw.train_images and built.test_images is raw.test_images
+    assert (built.classes, built.name) == (raw.classes, raw.name)
+    with pytest.raises(DataError, match="toy test labels span"):
+        RawDataset.from_splits(
+            [splits[0], (raw.test_images, torch.tensor([0, 2]))], classes=raw.classes, name="toy"
+        )

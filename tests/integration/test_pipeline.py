@@ -13,7 +13,7 @@ name: tiny
 output_dir: out
 base:
   data: {{train_per_class: 20, val_per_class: 5, source: {source}}}
-  model: {{width: 8}}
+  model: {{width: 8, channels_last: false}}
   train: {{epochs: 2, batch_size: 64, lr: 0.1, tensorboard: false}}
   probe: {{epochs: 10}}
   attack: {{attacks: [fgsm, pgd], eps_linf: [0, 1, 8], steps: 3, n_images: 100}}

@@ -14,7 +14,7 @@ output_dir: out
 seeds: [0]
 base:
   data: {{name: image_folder, source: {source}, val_per_class: 4}}
-  model: {{width: 4, proj_hidden_dim: 32, proj_dim: 16}}
+  model: {{width: 8, proj_hidden_dim: 32, proj_dim: 16, channels_last: false}}
   train: {{epochs: {epochs}, batch_size: 32, lr: 0.05, tensorboard: false, log_every: 1}}
   probe: {{epochs: 5, batch_size: 32}}
   attack: {{eps_linf: [0, 2], steps: 2, n_images: 40, batch_size: 40}}

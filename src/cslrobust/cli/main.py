@@ -200,6 +200,86 @@ def attack_command(
     _guard(call)
 
 
+@app.command("evaluate")
+def evaluate_command(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder with a probe.")],
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            help="quick (FGSM/PGD sweeps + gates) or standard (+ L2, AutoAttack, FAB, corruptions)."
+        ),
+    ] = None,
+    n_images: Annotated[
+        int | None, typer.Option(help="Test images (fixed subset); default 1000.")
+    ] = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Trustworthy evaluation with sanity gates; writes evaluation.json and sweep plots."""
+    from cslrobust.config import (
+        EvaluationConfig,
+        apply_overrides,
+        format_validation_error,
+        load_saved_config,
+    )
+    from cslrobust.study.evaluate import run_evaluate
+
+    def call() -> None:
+        from pydantic import ValidationError
+
+        cfg = load_saved_config(run_dir / "config.json")
+        data = cfg.evaluation.model_dump(mode="json")
+        if suite is not None:
+            data["suite"] = suite
+        if n_images is not None:
+            data["n_images"] = n_images
+        data = apply_overrides(data, set_ or [])
+        try:
+            ev = EvaluationConfig.model_validate(data)
+        except ValidationError as err:
+            raise CslRobustError(
+                format_validation_error(err).replace("config:", "evaluation:")
+            ) from None
+        record = run_evaluate(run_dir, evaluation=ev, device=device, progress=progress)
+        if record["gates_failed"]:
+            typer.echo(
+                f"!!! {len(record['gates_failed'])} SANITY GATE(S) FAILED: the numbers below are suspect"
+            )
+        typer.echo(record["gates_text"])
+        typer.echo(
+            f"{record['name']}: suite {record['suite']}, {record['protocol']['n_images']} test images"
+        )
+        for row in record["sweeps"]:
+            eps = f"{row['eps'] * 255:g}/255" if row["norm"] == "linf" else f"{row['eps']:g}"
+            typer.echo(
+                f"  {row['attack']:>4} {row['norm']:>4} eps {eps:>8}: robust {100 * row['robust_accuracy']:5.1f}%  "
+                f"success {100 * row['attack_success_rate']:5.1f}%"
+            )
+        for s in record["eps50"]:
+            typer.echo(f"  eps50 {s['attack']}/{s['norm']}: {s['eps50']:.5f}")
+        for aa in record["autoattack"]:
+            after = ", ".join(
+                f"{k.removeprefix('robust_accuracy_after_')} {100 * v:.1f}%"
+                for k, v in aa.items()
+                if k.startswith("robust_accuracy_after_")
+            )
+            typer.echo(
+                f"  AutoAttack {aa['version']} {aa['norm']} eps {aa['eps']:.5f}: {100 * aa['robust_accuracy']:.1f}% ({after})"
+            )
+            for flag in aa["flags"]:
+                typer.echo(f"    flag: {flag}")
+        for norm, fab in record["fab"].items():
+            typer.echo(f"  FAB {norm}: median minimal perturbation {fab['min_norm_median']:.5f}")
+        if record["corruptions"]:
+            typer.echo(
+                f"  corruptions: mean accuracy {100 * record['corruptions']['summary']['mean_accuracy']:.1f}% over {record['corruptions']['summary']['n_conditions']} conditions"
+            )
+        typer.echo(f"wrote {run_dir / 'evaluation.json'} in {record['wall_seconds']:.0f} s")
+
+    _guard(call)
+
+
 @app.command("analyze")
 def analyze_command(
     run_dir: Annotated[Path, typer.Argument(help="Run folder with a probe.")],

@@ -224,15 +224,7 @@ def read_cifar_folder(folder: Path, spec: CifarSpec) -> RawDataset:
         images = np.concatenate([images for images, _ in batches])  # (N, 3072), a fresh array
         labels = np.concatenate([labels for _, labels in batches])
         splits.append((torch.from_numpy(images).view(-1, 3, 32, 32), torch.from_numpy(labels)))
-    (train_images, train_labels), (test_images, test_labels) = splits
-    return RawDataset(
-        train_images=train_images,
-        train_labels=train_labels,
-        test_images=test_images,
-        test_labels=test_labels,
-        classes=classes,
-        name=spec.name,
-    )
+    return RawDataset.from_splits(splits, classes=classes, name=spec.name)
 
 
 def _read_binary_batch(

@@ -199,15 +199,7 @@ class _Collector:
             labels = np.array([label_of[im.class_name] for im in ordered], dtype=np.int64)
             images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
             tensors.append((images, torch.from_numpy(labels)))
-        (train_images, train_labels), (test_images, test_labels) = tensors
-        return RawDataset(
-            train_images=train_images,
-            train_labels=train_labels,
-            test_images=test_images,
-            test_labels=test_labels,
-            classes=classes,
-            name=name,
-        )
+        return RawDataset.from_splits(tensors, classes=classes, name=name)
 
 
 def _is_hidden(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,38 @@ class RawDataset:
     test_labels: torch.Tensor
     classes: tuple[str, ...]
     name: str
+
+    @classmethod
+    def from_splits(
+        cls,
+        splits: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        classes: tuple[str, ...],
+        name: str,
+    ) -> RawDataset:
+        """Build from the ``(images, labels)`` of the train split and then the test split.
+
+        Args:
+            splits: ``[(train_images, train_labels), (test_images, test_labels)]``.
+            classes: Class names; ``classes[k]`` is the name of label ``k``.
+            name: Short name of the data set.
+
+        Returns:
+            The data set (validated as on construction).
+
+        Raises:
+            ValueError: If ``splits`` does not hold exactly two pairs.
+            DataError: As the constructor.
+        """
+        (train_images, train_labels), (test_images, test_labels) = splits
+        return cls(
+            train_images=train_images,
+            train_labels=train_labels,
+            test_images=test_images,
+            test_labels=test_labels,
+            classes=classes,
+            name=name,
+        )
 
     def __post_init__(self) -> None:
         splits = (

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
-from cslrobust.objectives.contrastive import (
-    normalize_views,
-    pair_similarity_means,
-    similarity_logits,
-)
-from cslrobust.objectives.masks import expand_to_views, instance_positive_mask, negative_mask
-from cslrobust.objectives.objective import OBJECTIVES, HeadKind, LossOutput, check_batch
+from cslrobust.objectives.contrastive import similarity_logits
+from cslrobust.objectives.contrastive_objective import ContrastiveObjective
+from cslrobust.objectives.masks import expand_to_views, instance_positive_mask
+from cslrobust.objectives.objective import OBJECTIVES, HeadKind
 
 __all__ = ["DebiasedObjective", "debiased_contrastive_loss"]
 
@@ -110,14 +108,16 @@ def debiased_contrastive_loss(
 
 @OBJECTIVES.register("debiased")
 @dataclass(frozen=True)
-class DebiasedObjective:
+class DebiasedObjective(ContrastiveObjective):
     """SimCLR's instance discrimination with the debiased loss of Chuang et al. (2020).
 
     The soft alternative to false-negative removal: instead of flagging individual negatives, the
     negative term of NT-Xent is corrected for a class prior ``tau_plus`` (the expected fraction of
     negatives that share the anchor's class; ``1 / C`` for ``C`` balanced classes). Positives are
     the other views of the anchor's instance, as in ``simclr``; labels are not used.
-    ``tau_plus = 0`` is exactly ``simclr`` (see :func:`debiased_contrastive_loss`).
+    ``tau_plus = 0`` is exactly ``simclr`` (see :func:`debiased_contrastive_loss`). Calling it
+    returns the loss and metrics ``loss``, ``pos_sim``, ``neg_sim`` and ``dcl_clamped_fraction``
+    (fraction of anchors whose corrected negative term hit the floor ``N e^{-1/tau}``).
 
     Args:
         temperature: Softmax temperature ``tau`` (default 0.5, as ``simclr``).
@@ -134,42 +134,22 @@ class DebiasedObjective:
     n_views: int = 2
     head_kind: HeadKind = field(default="projector", init=False)
 
+    name: ClassVar[str] = "debiased"
+
     def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        super().__post_init__()
         if not (math.isfinite(self.tau_plus) and 0.0 <= self.tau_plus < 1.0):
             raise ConfigError(f"tau_plus must be in [0, 1), got {self.tau_plus}")
-        if self.n_views < 2:
-            raise ConfigError(f"n_views must be >= 2 for debiased, got {self.n_views}")
 
-    def __call__(
-        self,
-        outputs: Tensor,
-        index: Tensor,
-        labels: Tensor,
-        *,
-        generator: torch.Generator | None = None,
-        epoch: int = 0,
-    ) -> LossOutput:
-        """Debiased loss of the batch (see :class:`~cslrobust.objectives.objective.Objective`).
+    def positive_mask(self, index: Tensor, labels: Tensor) -> Tensor:
+        """The other views of the anchor's instance, as ``simclr``; ``(V*B, V*B)``."""
+        return instance_positive_mask(expand_to_views(index, self.n_views))
 
-        Returns:
-            The loss and metrics ``loss``, ``pos_sim``, ``neg_sim`` and ``dcl_clamped_fraction``
-            (fraction of anchors whose corrected negative term hit the floor ``N e^{-1/tau}``).
-
-        Shape:
-            - outputs: ``(V, B, D)`` projector outputs (normalised here)
-            - index, labels: ``(B,)`` int64
-        """
-        check_batch(outputs, index, labels, self.n_views)
-        index = index.to(outputs.device)
-        z = normalize_views(outputs)  # (V*B, D)
-        pos = instance_positive_mask(expand_to_views(index, self.n_views))  # (V*B, V*B)
-        neg = negative_mask(pos)
-        loss, clamped = debiased_contrastive_loss(z, pos, neg, self.temperature, self.tau_plus)
-        metrics = {
-            "loss": loss.detach(),
-            **pair_similarity_means(z, pos, neg),
-            "dcl_clamped_fraction": clamped,
-        }
-        return LossOutput(loss=loss, metrics=metrics)
+    def contrastive_loss(
+        self, z: Tensor, pos_mask: Tensor, neg_mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """:func:`debiased_contrastive_loss` and its ``dcl_clamped_fraction``."""
+        loss, clamped = debiased_contrastive_loss(
+            z, pos_mask, neg_mask, self.temperature, self.tau_plus
+        )
+        return loss, {"dcl_clamped_fraction": clamped}

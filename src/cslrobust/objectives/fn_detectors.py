@@ -261,9 +261,45 @@ class OracleDetector(FalseNegativeDetector):
         return detected & _symmetric_pair_coins(sample_ids, self.removal_rate, generator)
 
 
+class _SimilarityDetector(FalseNegativeDetector):
+    """Base of the detectors that flag candidates by a similarity score (``threshold``, ``topk``).
+
+    Subclasses are frozen dataclasses with a ``support_views`` field and a ``name`` class attribute
+    (their registry key, for messages). They state only how scores select candidates
+    (:meth:`_flag`); scoring, with or without support views, and its validation live here.
+    """
+
+    name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        _check_int("support_views", self.support_views, 0)
+
+    @abstractmethod
+    def _flag(self, scores: Tensor, candidate_mask: Tensor) -> Tensor:
+        """Select the flagged pairs from the scores; ``(M, M)`` float and bool -> ``(M, M)`` bool."""
+
+    def __call__(
+        self,
+        z: Tensor,
+        *,
+        sample_ids: Tensor,
+        labels: Tensor,
+        candidate_mask: Tensor,
+        generator: torch.Generator | None = None,
+        support: Tensor | None = None,
+    ) -> Tensor:
+        """Flag candidates by their similarity scores (see ``FalseNegativeDetector``).
+
+        Raises:
+            ValueError: If ``support_views > 0`` and ``support`` is missing or mis-shaped.
+        """
+        scores = _similarity_scores(z, support, self.support_views, self.name)  # (M, M)
+        return self._flag(scores, candidate_mask)
+
+
 @FN_DETECTORS.register("threshold")
 @dataclass(frozen=True)
-class ThresholdDetector(FalseNegativeDetector):
+class ThresholdDetector(_SimilarityDetector):
     """Flag candidate negatives whose cosine similarity to the anchor exceeds a threshold.
 
     The similarity-threshold variant of FNC (Huynh et al., 2022, "Finding potential false
@@ -284,32 +320,20 @@ class ThresholdDetector(FalseNegativeDetector):
     threshold: float
     support_views: int = 0
 
+    name: ClassVar[str] = "threshold"
+
     def __post_init__(self) -> None:
         _check_real("threshold", self.threshold, -1.0, 1.0)
-        _check_int("support_views", self.support_views, 0)
+        super().__post_init__()
 
-    def __call__(
-        self,
-        z: Tensor,
-        *,
-        sample_ids: Tensor,
-        labels: Tensor,
-        candidate_mask: Tensor,
-        generator: torch.Generator | None = None,
-        support: Tensor | None = None,
-    ) -> Tensor:
-        """Flag candidates scoring above the threshold (see ``FalseNegativeDetector``).
-
-        Raises:
-            ValueError: If ``support_views > 0`` and ``support`` is missing or mis-shaped.
-        """
-        scores = _similarity_scores(z, support, self.support_views, "threshold")  # (M, M)
+    def _flag(self, scores: Tensor, candidate_mask: Tensor) -> Tensor:
+        """Candidates scoring above the threshold."""
         return candidate_mask & (scores > self.threshold)
 
 
 @FN_DETECTORS.register("topk")
 @dataclass(frozen=True)
-class TopKDetector(FalseNegativeDetector):
+class TopKDetector(_SimilarityDetector):
     """Flag, for every anchor, its ``k`` highest-scoring candidate negatives.
 
     FNC's top-k rule (Huynh et al., 2022, "Finding potential false negatives"). Scores are cosine
@@ -337,26 +361,14 @@ class TopKDetector(FalseNegativeDetector):
     k: int
     support_views: int = 0
 
+    name: ClassVar[str] = "topk"
+
     def __post_init__(self) -> None:
         _check_int("k", self.k, 1)
-        _check_int("support_views", self.support_views, 0)
+        super().__post_init__()
 
-    def __call__(
-        self,
-        z: Tensor,
-        *,
-        sample_ids: Tensor,
-        labels: Tensor,
-        candidate_mask: Tensor,
-        generator: torch.Generator | None = None,
-        support: Tensor | None = None,
-    ) -> Tensor:
-        """Flag each anchor's ``k`` best-scoring candidates (see ``FalseNegativeDetector``).
-
-        Raises:
-            ValueError: If ``support_views > 0`` and ``support`` is missing or mis-shaped.
-        """
-        scores = _similarity_scores(z, support, self.support_views, "topk")  # (M, M)
+    def _flag(self, scores: Tensor, candidate_mask: Tensor) -> Tensor:
+        """Each anchor's ``k`` best-scoring candidates."""
         scores = scores.masked_fill(~candidate_mask, -math.inf)
         top = scores.topk(min(self.k, scores.shape[1]), dim=1).indices  # (M, k)
         detected = torch.zeros_like(candidate_mask).scatter_(1, top, True)  # (M, M)

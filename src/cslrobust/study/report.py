@@ -260,6 +260,184 @@ def gap_table(
     return table, plot_data
 
 
+GEOMETRY_COLUMNS = (
+    ("uniformity", "uniformity"),
+    ("alignment", "alignment"),
+    ("class_distance_intra", "intra"),
+    ("class_distance_inter", "inter"),
+    ("class_distance_ratio", "inter/intra"),
+    ("centroid_margin_median", "centroid margin (median)"),
+    ("logit_margin_median", "logit margin (median)"),
+)
+
+
+def geometry_table(res: StudyResults) -> Table | None:
+    """Geometry metrics of backbone features per method (means over seeds), plus sensitivities."""
+    if not any(r["metric"].startswith("geometry/") for r in res.rows):
+        return None
+    sens = sorted(
+        {
+            r["metric"]
+            for r in res.rows
+            if r["metric"].startswith("geometry/sensitivity_") and r["metric"].endswith("/median")
+        }
+    )
+    header = (
+        ["method"]
+        + [label for _, label in GEOMETRY_COLUMNS]
+        + [m.removeprefix("geometry/sensitivity_").removesuffix("/median") + " sens." for m in sens]
+    )
+    rows = []
+    for method in res.methods:
+        line = [method]
+        for key, _ in GEOMETRY_COLUMNS:
+            values = res.values(method, f"geometry/{key}")
+            line.append("n/a" if not values else f"{float(np.mean(values)):.3f}")
+        for metric in sens:
+            values = res.values(method, metric)
+            line.append("n/a" if not values else f"{float(np.mean(values)):.3f}")
+        rows.append(line)
+    return Table(
+        "Representation geometry (backbone features, test set)",
+        header,
+        rows,
+        "Uniformity and alignment: Wang & Isola 2020 (lower uniformity = more uniform). Distances are cosine "
+        "distances; inter/intra > 1 means separated classes. Sensitivity: median ||f(x+d)-f(x)|| / ||d||_2 "
+        "for PGD (pgd_E) and random (random_E) L-inf perturbations of E/255.",
+    )
+
+
+def geometry_vs_robustness(
+    res: StudyResults, attack: str, folder: Path
+) -> tuple[Table | None, list[tuple[str, Path]]]:
+    """Rank correlation of each geometry metric with robust accuracy across cells, and scatter plots."""
+    from cslrobust.geometry import plot_metric_vs_robustness, spearman
+
+    budgets = [b for b in res.budgets(attack) if b[0] == "linf" and b[1] > 0]
+    if not budgets or not any(r["metric"].startswith("geometry/") for r in res.rows):
+        return None, []
+    norm, eps = budgets[min(1, len(budgets) - 1)]
+    cells = sorted({(r["method"], r["seed"]) for r in res.rows})
+    rows, plots = [], []
+    for key, label in GEOMETRY_COLUMNS:
+        xs, ys, names = [], [], []
+        for method, seed in cells:
+            geo = [
+                r["value"]
+                for r in res.rows
+                if (r["method"], r["seed"]) == (method, seed) and r["metric"] == f"geometry/{key}"
+            ]
+            ra = [
+                r["value"]
+                for r in res.rows
+                if (r["method"], r["seed"]) == (method, seed)
+                and r["metric"] == "robust_accuracy"
+                and (r["attack"], r["norm"], r["eps"]) == (attack, norm, eps)
+            ]
+            if geo and ra and geo[0] is not None:
+                xs.append(float(geo[0]))
+                ys.append(100 * float(ra[0]))
+                names.append(f"{method}-s{seed}")
+        if len(xs) < 3:
+            continue
+        rho, p_value = spearman(np.array(xs), np.array(ys))
+        rows.append([label, str(len(xs)), f"{rho:.2f}", f"{p_value:.2g}"])
+        if key in ("uniformity", "class_distance_ratio", "centroid_margin_median"):
+            path = folder / f"geometry_vs_robustness_{key}.png"
+            plot_metric_vs_robustness(
+                np.array(xs),
+                np.array(ys),
+                names,
+                path,
+                label,
+                f"{attack.upper()} RA at {eps_label(norm, eps)} (%)",
+            )
+            plots.append((f"{label} vs robust accuracy", path))
+    if not rows:
+        return None, plots
+    return Table(
+        f"Geometry vs robust accuracy ({attack.upper()} {eps_label(norm, eps)}): Spearman rank correlation",
+        ["metric", "cells", "rho", "p"],
+        rows,
+        "One point per (method, seed) cell.",
+    ), plots
+
+
+FN_KEYS = ("fn_precision", "fn_recall", "fn_f1", "fn_removed_fraction", "fn_true_fraction")
+
+
+def detector_table(res: StudyResults) -> Table | None:
+    """False-negative detector quality per method: last-epoch and all-epoch means over seeds."""
+    methods = [m for m in res.methods if res.values(m, "train/fn_precision")]
+    if not methods:
+        return None
+    rows = []
+    for method in methods:
+        last_epoch = max(
+            int(r["epoch"])
+            for r in res.rows
+            if r["method"] == method and r["metric"] == "train/fn_precision"
+        )
+        line = [method]
+        for key in FN_KEYS:
+            last = res.values(method, f"train/{key}", epoch=last_epoch)
+            line.append(_fmt(last))
+        line.append(_fmt(res.values(method, "train/fn_precision")))
+        line.append(_fmt(res.values(method, "train/fn_recall")))
+        rows.append(line)
+    return Table(
+        "False-negative detection quality (%)",
+        [
+            "method",
+            "precision",
+            "recall",
+            "F1",
+            "removed",
+            "true FN share",
+            "precision (all epochs)",
+            "recall (all epochs)",
+        ],
+        rows,
+        "Against true labels, per training step, averaged per epoch; first five columns: last epoch. "
+        "'removed': fraction of negatives removed; 'true FN share': fraction of negatives that share the "
+        "anchor's class.",
+    )
+
+
+def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:
+    """Precision and recall of each detector over training epochs."""
+    methods = [m for m in res.methods if res.values(m, "train/fn_precision")]
+    if not methods:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
+    for ax, key in zip(axes, ("fn_precision", "fn_recall"), strict=True):
+        for method in methods:
+            by_epoch: dict[int, list[float]] = {}
+            for r in res.rows:
+                if (
+                    r["method"] == method
+                    and r["metric"] == f"train/{key}"
+                    and r["value"] is not None
+                ):
+                    by_epoch.setdefault(int(r["epoch"]), []).append(float(r["value"]))
+            epochs = sorted(by_epoch)
+            ax.plot(epochs, [100 * np.mean(by_epoch[e]) for e in epochs], marker=".", label=method)
+        ax.set_title(key.removeprefix("fn_"))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_robust(res: StudyResults, attack: str, path: Path) -> Path | None:
     """Robust accuracy vs L-inf eps with 95% bands, one line per method."""
     import matplotlib
@@ -388,6 +566,17 @@ def write_report(
     p = plot_gap_closure(gap_plot_data, folder / "gap_closure.png")
     if p:
         plots.append(("Gap closure", p))
+    for extra in (detector_table(res), geometry_table(res)):
+        if extra is not None:
+            tables.append(extra)
+    p = plot_detector_quality(res, folder / "detector_quality.png")
+    if p:
+        plots.append(("False-negative detection quality over epochs", p))
+    if main_attack:
+        corr, geo_plots = geometry_vs_robustness(res, main_attack, folder)
+        if corr is not None:
+            tables.append(corr)
+        plots += geo_plots
 
     missing = [c.config.name for c in cells if not any(r["cell_id"] == c.cell_id for r in rows)]
     intro = [

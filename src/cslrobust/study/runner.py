@@ -28,10 +28,18 @@ def stage_keys(cfg: RunConfig) -> dict[str, str]:
     """The key of each stage of a cell: the stage name plus a hash of the settings it depends on."""
     probe = canonical_hash({"train": cfg.run_id(), "probe": cfg.probe.model_dump(mode="json")})
     attack = canonical_hash({"probe": probe, "attack": cfg.attack.model_dump(mode="json")})
+    analyze = canonical_hash(
+        {
+            "probe": probe,
+            "geometry": cfg.geometry.model_dump(mode="json"),
+            "steps": cfg.attack.steps,
+        }
+    )
     return {
         "train": f"train:{cfg.run_id()}",
         "probe": f"probe:{probe}",
         "attack": f"attack:{attack}",
+        "analyze": f"analyze:{analyze}",
     }
 
 

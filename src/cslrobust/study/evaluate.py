@@ -1,0 +1,273 @@
+"""The evaluation suite of a probed run: sweeps, AutoAttack, FAB, corruptions, and sanity gates.
+
+Everything attacks the composite model (normalise -> backbone -> probe head) in eval mode on [0,1]
+inputs, on one fixed test subset. The gates run with every evaluation and are stored with the numbers;
+a failed gate is printed first and marked in every report that uses the number. Output: one JSON record
+(``evaluation.json``) with every number, the gates and the protocol, plus sweep plots.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cslrobust.attacks import (
+    ConvergenceSettings,
+    format_gates,
+    minimal_perturbation,
+    plot_sweep,
+    run_autoattack,
+    run_gates,
+    summarize_sweep,
+    sweep,
+)
+from cslrobust.config import EvaluationConfig
+from cslrobust.models import Classifier
+from cslrobust.provenance import provenance
+from cslrobust.study.stages import PROBE_WEIGHTS, eval_subset, load_run
+from cslrobust.study.store import pack_bits
+from cslrobust.training import load_weights
+from cslrobust.training.checkpoint import read_metadata, write_json_atomic
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def _row(r: Any) -> dict[str, Any]:
+    return {
+        "attack": r.attack,
+        "norm": r.norm,
+        "eps": r.eps,
+        **r.metrics(),
+        "clean_correct_bits": pack_bits(r.result.clean_correct.cpu()),
+        "robust_correct_bits": pack_bits(r.result.robust_correct.cpu()),
+    }
+
+
+def run_evaluate(
+    run_dir: Path,
+    *,
+    evaluation: EvaluationConfig | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the configured suite on a probed run and write ``evaluation.json`` and plots.
+
+    Args:
+        run_dir: A run folder with ``probe.safetensors``.
+        evaluation: Suite settings (default: the run's ``evaluation`` section).
+        device: Run on this device instead of the configured one.
+        progress: Show progress bars.
+
+    Returns:
+        The record written to ``evaluation.json``.
+    """
+    tic = time.perf_counter()
+    probe_path = run_dir / PROBE_WEIGHTS
+    epoch = int(read_metadata(probe_path).get("checkpoint_epoch", "0")) or None
+    run = load_run(run_dir, epoch=epoch, device=device)
+    cfg, encoder, splits, dev = run.config, run.encoder, run.splits, run.config.device
+    ev = evaluation or cfg.evaluation
+    head = nn.Linear(encoder.feature_dim, splits.num_classes)
+    load_weights(head, probe_path)
+    model = Classifier(encoder, head).to(dev).eval()
+
+    subset = eval_subset(splits.test.labels.cpu(), ev.n_images)
+    images = splits.test.images[subset.to(splits.test.images.device)].float().div_(255)
+    labels = splits.test.labels[subset.to(splits.test.labels.device)]
+    common = {"seed": cfg.seed, "batch_size": ev.batch_size, "device": dev}
+    timings: dict[str, float] = {}
+
+    # 1. FGSM / PGD sweeps (eps = 0 included: it must equal clean accuracy exactly).
+    t0 = time.perf_counter()
+    linf = [0.0] + [e / 255 for e in ev.eps_linf] + [ev.large_eps_linf / 255]
+    budgets: list[tuple[str, list[float]]] = [("linf", sorted(set(linf)))]
+    if ev.suite == "standard" and ev.eps_l2:
+        budgets.append(("l2", sorted({0.0, *ev.eps_l2})))
+    sweep_rows = []
+    for norm, eps_list in budgets:
+        for attack in ("fgsm", "pgd"):
+            sweep_rows += sweep(
+                model,
+                images,
+                labels,
+                attack=attack,
+                norm=norm,  # type: ignore[arg-type]
+                eps_list=eps_list,
+                steps=ev.steps,
+                relative_step_size=ev.relative_step_size,
+                random_start=True,
+                restarts=ev.restarts,
+                progress=progress,
+                **common,
+            )
+    timings["sweeps"] = time.perf_counter() - t0
+    summaries = []
+    for attack in ("fgsm", "pgd"):
+        for norm, _ in budgets:
+            rows = [r for r in sweep_rows if r.attack == attack and r.norm == norm]
+            summaries.append(asdict(summarize_sweep(rows)))
+
+    # 2. AutoAttack (reference implementation), resumable through its state folder.
+    aa_results = []
+    if ev.suite == "standard":
+        t0 = time.perf_counter()
+        aa_budgets = [("linf", e / 255) for e in ev.autoattack_eps_linf] + [
+            ("l2", e) for e in ev.autoattack_eps_l2
+        ]
+        for norm, eps in aa_budgets:
+            aa_results.append(
+                run_autoattack(
+                    model,
+                    images,
+                    labels,
+                    eps=eps,
+                    norm=norm,  # type: ignore[arg-type]
+                    version=ev.autoattack_version,
+                    attacks=ev.autoattack_attacks,
+                    state_dir=run_dir / "autoattack" / f"{ev.autoattack_version}-{norm}-{eps:.6g}",
+                    verbose=False,
+                    **common,
+                )
+            )
+        timings["autoattack"] = time.perf_counter() - t0
+
+    # 3. FAB minimal perturbations: per-sample eps50 (median minimal perturbation).
+    fab: dict[str, Any] = {}
+    if ev.suite == "standard" and ev.fab_images > 0:
+        t0 = time.perf_counter()
+        n_fab = min(ev.fab_images, len(images))
+        for norm, _ in budgets:
+            res = minimal_perturbation(
+                model,
+                images[:n_fab],
+                labels[:n_fab],
+                norm=norm,
+                n_iter=ev.fab_n_iter,
+                **common,  # type: ignore[arg-type]
+            )
+            fab[norm] = {**res.metrics(), "n": res.n}
+        timings["fab"] = time.perf_counter() - t0
+
+    # 4. Common corruptions (CIFAR-10-C parameterisation, generated from the test set, cached).
+    corruption: dict[str, Any] = {}
+    if ev.suite == "standard":
+        t0 = time.perf_counter()
+        corruption = _corruptions(model, run, ev, progress)
+        timings["corruptions"] = time.perf_counter() - t0
+
+    # 5. Sanity gates, always.
+    t0 = time.perf_counter()
+    gates = run_gates(
+        sweep_rows,
+        autoattack=aa_results,
+        target=model,
+        images=images,
+        labels=labels,
+        convergence=[
+            ConvergenceSettings(
+                eps=ev.convergence_eps_linf / 255,
+                norm="linf",
+                steps=ev.steps,
+                restarts=ev.convergence_restarts,
+            )
+        ],
+        **common,
+    )
+    timings["gates"] = time.perf_counter() - t0
+
+    plots = []
+    for norm, _ in budgets:
+        path = run_dir / f"sweep_{norm}.png"
+        curves = {cfg.name: [r for r in sweep_rows if r.norm == norm]}
+        plot_sweep(curves, path, norm)  # type: ignore[arg-type]
+        plots.append(path.name)
+    record: dict[str, Any] = {
+        "name": cfg.name,
+        "objective": cfg.objective.name,
+        "run_id": cfg.run_id(),
+        "checkpoint_epoch": run.checkpoint.epoch,
+        "suite": ev.suite,
+        "protocol": {
+            "model": "normalise -> backbone -> linear probe, eval mode, parameters frozen, inputs in [0,1]",
+            "n_images": int(subset.numel()),
+            "image_subset": "fixed random test subset, stream (0, 'eval_subset')",
+            "seed": cfg.seed,
+            "evaluation": ev.model_dump(mode="json"),
+            "pgd": {
+                "steps": ev.steps,
+                "restarts": ev.restarts,
+                "random_start": True,
+                "step_size": "2.5*eps/steps"
+                if ev.relative_step_size is None
+                else f"{ev.relative_step_size}*eps",
+            },
+            "autoattack": [r.settings for r in aa_results],
+        },
+        "sweeps": [_row(r) for r in sweep_rows],
+        "eps50": summaries,
+        "autoattack": [
+            {
+                **r.metrics(),
+                "norm": r.norm,
+                "eps": r.eps,
+                "version": r.version,
+                "attacks": list(r.attacks),
+                "flags": list(r.flags),
+                "robust_correct_bits": pack_bits(r.robust_correct),
+            }
+            for r in aa_results
+        ],
+        "fab": fab,
+        "corruptions": corruption,
+        "gates": [asdict(g) for g in gates],
+        "gates_failed": [g.name for g in gates if not g.passed],
+        "gates_text": format_gates(gates),
+        "plots": plots,
+        "timings": timings,
+        "wall_seconds": time.perf_counter() - tic,
+        **provenance(),
+    }
+    write_json_atomic(run_dir / EVALUATION_FILE, record)
+    return record
+
+
+def _corruptions(
+    model: nn.Module, run: Any, ev: EvaluationConfig, progress: bool
+) -> dict[str, Any]:
+    """Accuracy per (corruption, severity) on a fixed test subset, and the mean over all of them."""
+    from cslrobust.corruptions import CORRUPTION_NAMES, evaluate_corruptions, protocol, summarise
+    from cslrobust.data import default_data_root
+
+    cfg, splits = run.config, run.splits
+    subset = eval_subset(splits.test.labels.cpu(), ev.corruption_images)
+    images = splits.test.images[subset.to(splits.test.images.device)].cpu()
+    labels = splits.test.labels[subset.to(splits.test.labels.device)].cpu()
+    names = list(ev.corruptions) if ev.corruptions else list(CORRUPTION_NAMES)
+
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    rows = evaluate_corruptions(
+        predict,
+        images,
+        labels,
+        names=names,
+        severities=list(ev.severities),
+        seed=cfg.seed,
+        cache_dir=(cfg.data.root or default_data_root()) / "corruptions",
+        batch_size=ev.batch_size,
+        device=cfg.device,
+        progress=progress,
+    )
+    return {
+        "rows": [dict(r) for r in rows],
+        "summary": summarise(rows),
+        "protocol": protocol(cfg.seed, list(ev.severities)),
+        "n_images": int(subset.numel()),
+    }
