@@ -267,7 +267,7 @@ class EvaluationConfig(_Section):
     autoattack_eps_l2: tuple[float, ...] = ()
     fab_images: int = Field(default=200, ge=0)
     fab_n_iter: int = Field(default=100, ge=1)
-    corruptions: tuple[str, ...] | None = None  # all 15 when null
+    corruptions: tuple[str, ...] | None = None  # all 15 when null, none when []
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     corruption_images: int | None = Field(default=1000, gt=0)
 

@@ -25,15 +25,19 @@ methods:
 """
 
 
-def make_archive(path: Path, classes: int = 4, train: int = 24, test: int = 10) -> Path:
+def make_archive(
+    path: Path, classes: int = 4, train: int = 24, test: int = 10, size: int = 16
+) -> Path:
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz") as tar:
         for split, n in (("train", train), ("test", test)):
             for c in range(classes):
                 for i in range(n):
-                    base = np.zeros((16, 16, 3)) + rng.uniform(0, 255, 3) * 0.3
+                    base = np.zeros((size, size, 3)) + rng.uniform(0, 255, 3) * 0.3
                     base[..., c % 3] += 120 + 40 * (c // 3)
-                    img = np.clip(base + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+                    img = np.clip(base + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(
+                        np.uint8
+                    )
                     buf = io.BytesIO()
                     Image.fromarray(img).save(buf, format="PNG")
                     info = tarfile.TarInfo(f"{split}/class{c}/{i:03d}.png")
@@ -45,8 +49,8 @@ def make_archive(path: Path, classes: int = 4, train: int = 24, test: int = 10) 
 
 @pytest.fixture
 def synthetic_study(tmp_path: Path):
-    def build(epochs: int = 2) -> Path:
-        archive = make_archive(tmp_path / "data.tar.gz")
+    def build(epochs: int = 2, size: int = 16) -> Path:
+        archive = make_archive(tmp_path / "data.tar.gz", size=size)
         study = tmp_path / "study.yaml"
         study.write_text(STUDY.format(source=archive, epochs=epochs))
         return study

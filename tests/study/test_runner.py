@@ -111,3 +111,47 @@ def test_sigkill_then_rerun_completes_without_duplicates_or_losses(synthetic_stu
     assert len(keys) == len(set(keys)), "duplicated rows"
     # Same rows and values as the uninterrupted run (training resumes exactly; cell ids are config hashes).
     assert rows == reference
+
+
+EVAL_OVERRIDES = [
+    "stages=[train,probe,evaluate]",
+    "methods={supervised: {objective: {name: supervised}}, simclr: {objective: {name: simclr}}}",
+    "base.evaluation={n_images: 24, batch_size: 24, eps_linf: [1, 4], eps_l2: [0.1], steps: 2, "
+    "convergence_restarts: 2, autoattack_version: custom, autoattack_attacks: [apgd-ce], fab_images: 8, "
+    "fab_n_iter: 5, corruptions: [gaussian_noise, fog], severities: [1, 5], corruption_images: 24}",
+]
+
+
+@pytest.mark.slow
+def test_evaluate_stage_feeds_gates_corruptions_and_autoattack_into_the_report(
+    synthetic_study, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("CSLROBUST_DATA", str(tmp_path / "cache"))
+    study = synthetic_study(epochs=1, size=32)
+    spec = load_study(study, EVAL_OVERRIDES)
+    run_study(spec, progress=False, echo=lambda _: None)
+    from cslrobust.study.report import write_report
+
+    with open_store(spec) as store:
+        rows = store.rows()
+        write_report("t", study_cells(spec), store, spec.output_dir)
+    metrics = {r["metric"] for r in rows}
+    assert "corruption_accuracy" in metrics and "eval/eps50" in metrics
+    assert any(m.startswith("gate/") for m in metrics)
+    assert any(r["attack"] == "autoattack" for r in rows)
+    report = (spec.output_dir / "report.md").read_text()
+    assert "Common corruptions" in report and "AutoAttack" in report
+    assert "GATE FAILED" in report or "All sanity gates passed" in report
+    # eps = 0 equals clean exactly in the evaluation suite too.
+    for r in rows:
+        if r["metric"] == "eval/robust_accuracy" and r["eps"] == 0.0:
+            clean = [
+                c
+                for c in rows
+                if c["metric"] == "eval/clean_accuracy"
+                and c["cell_id"] == r["cell_id"]
+                and c["attack"] == r["attack"]
+                and c["norm"] == r["norm"]
+                and c["eps"] == 0.0
+            ]
+            assert clean and clean[0]["value"] == r["value"]

@@ -23,15 +23,18 @@ def test_expand_cells_resolve_paths_and_merge(tmp_path: Path):
     path.write_text(STUDY)
     spec = load_study(path)
     cells = expand_study(spec)
+    # Folder names carry the cell id (first 8 hex digits of the training-config hash).
     assert [c.name for c in cells] == [
-        "supervised-s0",
-        "supervised-s1",
-        "simclr_oracle-s0",
-        "simclr_oracle-s1",
+        f"{m}-s{s}-{c.run_id()[:8]}"
+        for (m, s), c in zip(
+            [("supervised", 0), ("supervised", 1), ("simclr_oracle", 0), ("simclr_oracle", 1)],
+            cells,
+            strict=True,
+        )
     ]
     assert [method_of(c) for c in cells] == ["supervised"] * 2 + ["simclr_oracle"] * 2
     assert cells[1].seed == 1 and cells[2].objective.fn.mode == "attract"
-    assert cells[0].output_dir == tmp_path / "out"
+    assert cells[0].output_dir == (tmp_path / "out").resolve()
     assert cells[0].data.source == tmp_path / "data.tar.gz"
     assert cells[0].train.epochs == 2 and cells[0].data.train_per_class == 10
     assert len({c.run_id() for c in cells}) == 4

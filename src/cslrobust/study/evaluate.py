@@ -27,6 +27,7 @@ from cslrobust.attacks import (
     sweep,
 )
 from cslrobust.config import EvaluationConfig
+from cslrobust.errors import ConfigError
 from cslrobust.models import Classifier
 from cslrobust.provenance import provenance
 from cslrobust.study.stages import PROBE_WEIGHTS, eval_subset, load_run
@@ -155,7 +156,7 @@ def run_evaluate(
 
     # 4. Common corruptions (CIFAR-10-C parameterisation, generated from the test set, cached).
     corruption: dict[str, Any] = {}
-    if ev.suite == "standard":
+    if ev.suite == "standard" and ev.corruptions != ():
         t0 = time.perf_counter()
         corruption = _corruptions(model, run, ev, progress)
         timings["corruptions"] = time.perf_counter() - t0
@@ -247,7 +248,12 @@ def _corruptions(
     subset = eval_subset(splits.test.labels.cpu(), ev.corruption_images)
     images = splits.test.images[subset.to(splits.test.images.device)].cpu()
     labels = splits.test.labels[subset.to(splits.test.labels.device)].cpu()
-    names = list(ev.corruptions) if ev.corruptions else list(CORRUPTION_NAMES)
+    names = list(ev.corruptions) if ev.corruptions is not None else list(CORRUPTION_NAMES)
+    if tuple(images.shape[-2:]) != (32, 32):
+        raise ConfigError(
+            f"corruptions use the CIFAR 32x32 parameters, but the images are {tuple(images.shape[-2:])}; "
+            "set evaluation.corruptions: [] to skip them"
+        )
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

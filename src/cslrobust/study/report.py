@@ -438,6 +438,98 @@ def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:
     return path
 
 
+def gate_failures(res: StudyResults) -> list[str]:
+    """One line per failed sanity gate: method, seed, gate and its message."""
+    return [
+        f"{r['method']} (seed {r['seed']}): {r['metric'].removeprefix('gate/')}: {r.get('message', '')}"
+        for r in res.rows
+        if r["metric"].startswith("gate/") and r["value"] is not None and r["value"] < 1
+    ]
+
+
+def corruption_table(res: StudyResults, supervised: str) -> Table | None:
+    """Mean accuracy over the corruptions x severities, per family, and CE relative to the supervised model."""
+    rows_c = [r for r in res.rows if r["metric"] == "corruption_accuracy"]
+    if not rows_c:
+        return None
+    families = sorted({r.get("family", "") for r in rows_c})
+
+    def errors(method: str) -> dict[str, float]:
+        by_corr: dict[str, list[float]] = {}
+        for r in rows_c:
+            if r["method"] == method:
+                by_corr.setdefault(r["corruption"], []).append(1 - float(r["value"]))
+        return {c: float(np.sum(v)) for c, v in by_corr.items()}
+
+    ref = errors(supervised) if supervised in res.methods else {}
+    table = []
+    for method in res.methods:
+        mine = [r for r in rows_c if r["method"] == method]
+        if not mine:
+            continue
+        line = [method, str(len(mine)), f"{100 * float(np.mean([r['value'] for r in mine])):.1f}"]
+        for fam in families:
+            line.append(_fmt([float(r["value"]) for r in mine if r.get("family", "") == fam]))
+        err = errors(method)
+        ces = [err[c] / ref[c] for c in err if c in ref and ref[c] > 0]
+        line.append(f"{100 * float(np.mean(ces)):.0f}" if ces else "n/a")
+        table.append(line)
+    return Table(
+        "Common corruptions (CIFAR-10-C parameterisation)",
+        ["method", "conditions", "mean accuracy (%)"]
+        + [f"{f} (%)" for f in families]
+        + [f"mCE vs {supervised} (%)"],
+        table,
+        "Generated deterministically from the test subset (Hendrycks & Dietterich 2019 CIFAR constants); "
+        "mCE = mean over corruptions of (summed error over severities / the supervised model's).",
+    )
+
+
+def evaluation_table(res: StudyResults) -> Table | None:
+    """The evaluate stage's clean-accuracy-free numbers: eps50 (sweep and FAB) and AutoAttack accuracy."""
+    if not any(r["metric"].startswith("eval/") for r in res.rows):
+        return None
+    aa = sorted(
+        {
+            (r["norm"], r["eps"])
+            for r in res.rows
+            if r["attack"] == "autoattack" and r["metric"] == "eval/robust_accuracy"
+        }
+    )
+    header = [
+        "method",
+        "eps50 PGD L-inf (x/255)",
+        "eps50 FGSM L-inf (x/255)",
+        "FAB median L-inf (x/255)",
+    ]
+    header += [f"AutoAttack {eps_label(n, e)} (%)" for n, e in aa]
+    rows = []
+    for method in res.methods:
+
+        def med(metric: str, method: str = method, **cond: Any) -> str:
+            vals = res.values(method, metric, **cond)
+            return "n/a" if not vals else f"{255 * float(np.mean(vals)):.2f}"
+
+        line = [
+            method,
+            med("eval/eps50", attack="pgd", norm="linf"),
+            med("eval/eps50", attack="fgsm", norm="linf"),
+            med("eval/min_norm_median", attack="fab", norm="linf"),
+        ]
+        line += [
+            _fmt(res.values(method, "eval/robust_accuracy", attack="autoattack", norm=n, eps=e))
+            for n, e in aa
+        ]
+        rows.append(line)
+    return Table(
+        "Evaluation suite: eps50 and AutoAttack",
+        header,
+        rows,
+        "eps50: perturbation at which half of the initially correct images are flipped (interpolated from "
+        "the sweep; FAB: median minimal perturbation). Independent of clean accuracy.",
+    )
+
+
 def plot_robust(res: StudyResults, attack: str, path: Path) -> Path | None:
     """Robust accuracy vs L-inf eps with 95% bands, one line per method."""
     import matplotlib
@@ -566,7 +658,12 @@ def write_report(
     p = plot_gap_closure(gap_plot_data, folder / "gap_closure.png")
     if p:
         plots.append(("Gap closure", p))
-    for extra in (detector_table(res), geometry_table(res)):
+    for extra in (
+        evaluation_table(res),
+        corruption_table(res, supervised),
+        detector_table(res),
+        geometry_table(res),
+    ):
         if extra is not None:
             tables.append(extra)
     p = plot_detector_quality(res, folder / "detector_quality.png")
@@ -590,6 +687,15 @@ def write_report(
         intro += ["", f"Wall time of the last `study run`: {wall_seconds / 60:.1f} min."]
     if missing:
         intro += ["", f"**Incomplete: no results yet for {', '.join(missing)}.**"]
+    failures = gate_failures(res)
+    if failures:
+        intro += [
+            "",
+            f"**WARNING: {len(failures)} sanity gate(s) failed; numbers of these cells are suspect:**",
+        ]
+        intro += [f"- GATE FAILED: {line}" for line in failures]
+    elif any(r["metric"].startswith("gate/") for r in rows):
+        intro += ["", "All sanity gates passed."]
     md = "\n".join(intro) + "\n\n" + "\n\n".join(t.markdown() for t in tables)
     md += "\n\n" + "\n\n".join(f"![{name}]({p.name})" for name, p in plots) + "\n"
     report = folder / "report.md"
@@ -606,7 +712,13 @@ def write_report(
         + "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "table{border-collapse:collapse;margin-bottom:1em}td,th{border:1px solid #ccc;padding:3px 8px;"
         "text-align:right}th{background:#eee}.warn{color:#b00;font-weight:bold}</style></head><body>"
-        + "".join(f"<p>{html.escape(line)}</p>" for line in intro[2:] if line)
+        + "".join(
+            f"<p class='warn'>{html.escape(line)}</p>"
+            if ("GATE" in line or "WARNING" in line)
+            else f"<p>{html.escape(line)}</p>"
+            for line in intro[2:]
+            if line
+        )
         + "".join(t.html() for t in tables)
         + figures
         + "</body></html>"
@@ -614,6 +726,8 @@ def write_report(
     (folder / "report.html").write_text(page)
 
     summary = [clean_table(res).text()]
+    if failures:
+        summary.insert(0, "\n".join(["!!! SANITY GATES FAILED:"] + failures))
     if main_attack:
         summary.append(robust_table(res, main_attack).text())
     return "\n\n".join(summary), report

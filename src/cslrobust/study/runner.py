@@ -17,11 +17,12 @@ from typing import Any
 from cslrobust.config import RunConfig, canonical_hash
 from cslrobust.provenance import git_sha
 from cslrobust.study.analyze import run_analyze
+from cslrobust.study.evaluate import run_evaluate
 from cslrobust.study.spec import StudySpec, expand_study, method_of
 from cslrobust.study.stages import run_attack, run_probe, run_train
 from cslrobust.study.store import ResultsStore, sqlite_path
 
-STAGES = ("train", "probe", "attack", "analyze")
+STAGES = ("train", "probe", "attack", "analyze", "evaluate")
 
 
 def stage_keys(cfg: RunConfig) -> dict[str, str]:
@@ -35,11 +36,15 @@ def stage_keys(cfg: RunConfig) -> dict[str, str]:
             "steps": cfg.attack.steps,
         }
     )
+    evaluate = canonical_hash(
+        {"probe": probe, "evaluation": cfg.evaluation.model_dump(mode="json")}
+    )
     return {
         "train": f"train:{cfg.run_id()}",
         "probe": f"probe:{probe}",
         "attack": f"attack:{attack}",
         "analyze": f"analyze:{analyze}",
+        "evaluate": f"evaluate:{evaluate}",
     }
 
 
@@ -116,8 +121,16 @@ class Cell:
 
 
 def study_cells(spec: StudySpec) -> list[Cell]:
-    """Expand a study into cells."""
-    return [Cell(cfg, cfg.run_id(), method_of(cfg), stage_keys(cfg)) for cfg in expand_study(spec)]
+    """Expand a study into cells (with the stages the study asks for, in pipeline order)."""
+    cells = []
+    for cfg in expand_study(spec):
+        keys = stage_keys(cfg)
+        cells.append(
+            Cell(
+                cfg, cfg.run_id(), method_of(cfg), {s: keys[s] for s in STAGES if s in spec.stages}
+            )
+        )
+    return cells
 
 
 def run_study(
@@ -148,7 +161,7 @@ def run_study(
             cfg = cell.config
             label = f"[{i}/{len(cells)}] {cfg.name}"
             done = store.completed_stages(cell.cell_id)
-            pending = [s for s in STAGES if cell.stages[s] not in done]
+            pending = [s for s, key in cell.stages.items() if key not in done]
             if not pending:
                 echo(f"{label}: done, skipped")
                 store.mark_done(cell.cell_id)
@@ -180,6 +193,77 @@ def analyze_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def evaluate_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the evaluate stage (metrics prefixed ``eval/`` so they never mix with the attack stage)."""
+    epoch = record["checkpoint_epoch"]
+    rows: list[dict[str, Any]] = []
+    for r in record["sweeps"]:
+        cond = {"attack": r["attack"], "norm": r["norm"], "eps": r["eps"], "epoch": epoch}
+        for key in (
+            "clean_accuracy",
+            "robust_accuracy",
+            "attack_success_rate",
+            "robust_clean_ratio",
+        ):
+            extra = (
+                {"correct_bits": r["robust_correct_bits"], "n": r["n"]}
+                if key == "robust_accuracy"
+                else {}
+            )
+            rows.append({**cond, **extra, "metric": f"eval/{key}", "value": r[key]})
+    for s in record["eps50"]:
+        rows.append(
+            {
+                "attack": s["attack"],
+                "norm": s["norm"],
+                "epoch": epoch,
+                "metric": "eval/eps50",
+                "value": s["eps50"],
+            }
+        )
+    for aa in record["autoattack"]:
+        cond = {"attack": "autoattack", "norm": aa["norm"], "eps": aa["eps"], "epoch": epoch}
+        rows.append(
+            {
+                **cond,
+                "metric": "eval/robust_accuracy",
+                "value": aa["robust_accuracy"],
+                "flags": aa["flags"],
+            }
+        )
+        rows.append({**cond, "metric": "eval/clean_accuracy", "value": aa["clean_accuracy"]})
+    for norm, fab in record["fab"].items():
+        rows.append(
+            {
+                "attack": "fab",
+                "norm": norm,
+                "epoch": epoch,
+                "metric": "eval/min_norm_median",
+                "value": fab["min_norm_median"],
+            }
+        )
+    for c in record.get("corruptions", {}).get("rows", []):
+        rows.append(
+            {
+                "corruption": c["corruption"],
+                "severity": c["severity"],
+                "epoch": epoch,
+                "metric": "corruption_accuracy",
+                "value": c["accuracy"],
+                "family": c["family"],
+            }
+        )
+    for g in record["gates"]:
+        rows.append(
+            {
+                "metric": f"gate/{g['name']}",
+                "value": float(g["passed"]),
+                "message": g["message"],
+            }
+        )
+    return rows
+
+
 def _run_stage(stage: str, cfg: RunConfig, progress: bool) -> list[dict[str, Any]]:
     if stage == "train":
         return train_rows(run_train(cfg, resume=True, progress=progress))
@@ -187,4 +271,6 @@ def _run_stage(stage: str, cfg: RunConfig, progress: bool) -> list[dict[str, Any
         return probe_rows(run_probe(cfg.run_dir, progress=progress))
     if stage == "attack":
         return attack_rows(run_attack(cfg.run_dir, progress=progress))
-    return analyze_rows(run_analyze(cfg.run_dir, progress=progress, tsne=True))
+    if stage == "analyze":
+        return analyze_rows(run_analyze(cfg.run_dir, progress=progress, tsne=True))
+    return evaluate_rows(run_evaluate(cfg.run_dir, progress=progress))

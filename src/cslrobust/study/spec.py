@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -44,6 +44,12 @@ class StudySpec(BaseModel):
     output_dir: Path = Path("runs")
     storage: str | None = None  # results database URL; default sqlite:///<output_dir>/results.db
     seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
+    stages: tuple[Literal["train", "probe", "attack", "analyze", "evaluate"], ...] = (
+        "train",
+        "probe",
+        "attack",
+        "analyze",
+    )  # "evaluate" adds the full evaluation suite (base.evaluation) to every cell
     supervised_method: str = "supervised"  # the SL reference of gap computations
     contrastive_method: str = "simclr"  # the CSL reference
     base: dict[str, Any] = Field(default_factory=dict)
@@ -85,7 +91,9 @@ def load_study(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
             format_validation_error(err).replace("invalid config", "invalid study")
         ) from None
     folder = path.resolve().parent
-    output_dir = spec.output_dir if spec.output_dir.is_absolute() else folder / spec.output_dir
+    output_dir = (
+        spec.output_dir if spec.output_dir.is_absolute() else folder / spec.output_dir
+    ).resolve()
     base = copy.deepcopy(spec.base)
     source = base.get("data", {}).get("source") if isinstance(base.get("data"), dict) else None
     if source and not Path(source).is_absolute():
