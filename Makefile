@@ -9,7 +9,7 @@ CIFAR10_SOURCE ?= $(abspath ../shared/data/cifar10-jpeg.tar.gz)
 DATA_FLAG := $(if $(wildcard $(CIFAR10_SOURCE)),--set base.data.source=$(CIFAR10_SOURCE),)
 STUDY ?= presets/cpu-small.yaml
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo report status test lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/cslrobust study run $(STUDY) $(DATA_FLAG)
+
+# The same overrides as `demo`, so the cells (identified by their config hash) match.
+report: venv
+	$(BIN)/cslrobust study report $(STUDY) $(DATA_FLAG)
+
+status: venv
+	$(BIN)/cslrobust study status $(STUDY) $(DATA_FLAG)
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

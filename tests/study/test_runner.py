@@ -155,3 +155,45 @@ def test_evaluate_stage_feeds_gates_corruptions_and_autoattack_into_the_report(
                 and c["eps"] == 0.0
             ]
             assert clean and clean[0]["value"] == r["value"]
+
+
+def test_matched_clean_accuracy_compares_with_the_closest_supervised_epoch(
+    synthetic_study, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("CSLROBUST_DATA", str(tmp_path / "cache"))
+    study = synthetic_study(epochs=3)
+    spec = load_study(
+        study,
+        [
+            "match_clean_accuracy=true",
+            "stages=[train,probe,attack]",
+            "methods={supervised: {objective: {name: supervised}}, simclr: {objective: {name: simclr}}}",
+        ],
+    )
+    run_study(spec, progress=False, echo=lambda _: None)
+    from cslrobust.study.report import write_report
+
+    with open_store(spec) as store:
+        rows = store.rows()
+        write_report("t", study_cells(spec), store, spec.output_dir)
+    sl_val = {int(r["epoch"]): r["value"] for r in rows if r["metric"] == "sl_epoch/val_accuracy"}
+    assert sorted(sl_val) == [1, 2, 3]  # every epoch of the supervised reference kept and probed
+    simclr_val = next(
+        r["value"] for r in rows if r["method"] == "simclr" and r["metric"] == "probe/val_accuracy"
+    )
+    expected = min(sl_val, key=lambda e: (abs(sl_val[e] - simclr_val), e))
+    report = (spec.output_dir / "report.md").read_text()
+    line = next(x for x in report.splitlines() if x.startswith("| simclr | 0 |"))
+    assert line.split(" | ")[3] == str(expected)
+    # The last supervised epoch attacked in the epochs stage equals the main attack stage.
+    main = {
+        r["eps"]: r["value"]
+        for r in rows
+        if r["method"] == "supervised" and r["metric"] == "robust_accuracy"
+    }
+    last = {
+        r["eps"]: r["value"]
+        for r in rows
+        if r["metric"] == "sl_epoch/robust_accuracy" and r["epoch"] == 3
+    }
+    assert main == last

@@ -438,6 +438,66 @@ def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:
     return path
 
 
+def matched_table(res: StudyResults, attack: str, supervised: str) -> Table | None:
+    """Each method against the supervised checkpoint of the closest validation clean accuracy (same seed)."""
+    sl_val = [
+        r for r in res.rows if r["method"] == supervised and r["metric"] == "sl_epoch/val_accuracy"
+    ]
+    if not sl_val:
+        return None
+    budgets = [b for b in res.budgets(attack) if b[1] > 0]
+    header = ["method", "seed", "val acc", "matched SL epoch", "SL val acc"]
+    header += [f"RA {eps_label(n, e)}: method / SL@epoch" for n, e in budgets]
+    header += [f"ASR {eps_label(n, e)}: method / SL@epoch" for n, e in budgets]
+    rows = []
+    for method in res.methods:
+        if method == supervised:
+            continue
+        for r in [
+            r for r in res.rows if r["method"] == method and r["metric"] == "probe/val_accuracy"
+        ]:
+            seed, val = r["seed"], float(r["value"])
+            candidates = [c for c in sl_val if c["seed"] == seed] or sl_val
+            best = min(candidates, key=lambda c: (abs(float(c["value"]) - val), c["epoch"]))
+            epoch, sl_seed = int(best["epoch"]), best["seed"]
+
+            def pick(
+                m: str, metric: str, seed_: int, norm: str, eps: float, ep: int | None = None
+            ) -> str:
+                vals = [
+                    float(x["value"])
+                    for x in res.rows
+                    if x["method"] == m
+                    and x["metric"] == metric
+                    and x["seed"] == seed_
+                    and x["attack"] == attack
+                    and (x["norm"], x["eps"]) == (norm, eps)
+                    and (ep is None or int(x["epoch"]) == ep)
+                ]
+                return f"{100 * vals[0]:.1f}" if vals else "n/a"
+
+            line = [
+                method,
+                str(seed),
+                f"{100 * val:.1f}",
+                str(epoch),
+                f"{100 * float(best['value']):.1f}",
+            ]
+            for metric in ("robust_accuracy", "attack_success_rate"):
+                for norm, eps in budgets:
+                    mine = pick(method, metric, seed, norm, eps)
+                    theirs = pick(supervised, f"sl_epoch/{metric}", sl_seed, norm, eps, epoch)
+                    line.append(f"{mine} / {theirs}")
+            rows.append(line)
+    return Table(
+        f"Matched clean accuracy ({attack.upper()}): each method vs the supervised checkpoint closest in val accuracy",
+        header,
+        rows,
+        "Robust accuracy depends on clean accuracy; here the supervised reference is the epoch checkpoint whose "
+        "linear-probe validation accuracy is closest to the method's (same seed), probed and attacked identically.",
+    )
+
+
 def gate_failures(res: StudyResults) -> list[str]:
     """One line per failed sanity gate: method, seed, gate and its message."""
     return [
@@ -551,7 +611,10 @@ def plot_robust(res: StudyResults, attack: str, path: Path) -> Path | None:
             hi.append(100 * (est.high if not math.isnan(est.high) else est.value))
         ax.plot(xs, ys, marker="o", label=method)
         ax.fill_between(xs, lo, hi, alpha=0.2)
-    ax.set_xscale("symlog", linthresh=0.5)
+    ax.set_xscale("log")
+    ticks = [eps * 255 for _, eps in budgets]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("eps (L-inf, x/255)")
     ax.set_ylabel(f"{attack.upper()} robust accuracy (%)")
     ax.set_title("Robust accuracy vs perturbation size (95% bands)")
@@ -645,6 +708,9 @@ def write_report(
     for attack in res.attacks():
         tables.append(robust_table(res, attack))
         tables.append(success_table(res, attack))
+        matched = matched_table(res, attack, supervised)
+        if matched is not None:
+            tables.append(matched)
         gap, data = gap_table(res, attack, supervised, contrastive)
         if gap is not None:
             tables.append(gap)

@@ -19,10 +19,11 @@ from cslrobust.provenance import git_sha
 from cslrobust.study.analyze import run_analyze
 from cslrobust.study.evaluate import run_evaluate
 from cslrobust.study.spec import StudySpec, expand_study, method_of
-from cslrobust.study.stages import run_attack, run_probe, run_train
+from cslrobust.study.stages import CHECKPOINT_DIR, run_attack, run_probe, run_train
 from cslrobust.study.store import ResultsStore, sqlite_path
+from cslrobust.training import list_checkpoints
 
-STAGES = ("train", "probe", "attack", "analyze", "evaluate")
+STAGES = ("train", "probe", "attack", "analyze", "evaluate", "epochs")
 
 
 def stage_keys(cfg: RunConfig) -> dict[str, str]:
@@ -39,12 +40,16 @@ def stage_keys(cfg: RunConfig) -> dict[str, str]:
     evaluate = canonical_hash(
         {"probe": probe, "evaluation": cfg.evaluation.model_dump(mode="json")}
     )
+    epochs = canonical_hash(
+        {"probe": probe, "attack": cfg.attack.model_dump(mode="json"), "all_epochs": True}
+    )
     return {
         "train": f"train:{cfg.run_id()}",
         "probe": f"probe:{probe}",
         "attack": f"attack:{attack}",
         "analyze": f"analyze:{analyze}",
         "evaluate": f"evaluate:{evaluate}",
+        "epochs": f"epochs:{epochs}",
     }
 
 
@@ -125,11 +130,11 @@ def study_cells(spec: StudySpec) -> list[Cell]:
     cells = []
     for cfg in expand_study(spec):
         keys = stage_keys(cfg)
-        cells.append(
-            Cell(
-                cfg, cfg.run_id(), method_of(cfg), {s: keys[s] for s in STAGES if s in spec.stages}
-            )
-        )
+        wanted = set(spec.stages)
+        if spec.match_clean_accuracy and method_of(cfg) == spec.supervised_method:
+            wanted.add("epochs")  # probe + attack every kept epoch of the supervised reference
+        stages = {s: keys[s] for s in STAGES if s in wanted}
+        cells.append(Cell(cfg, cfg.run_id(), method_of(cfg), stages))
     return cells
 
 
@@ -264,6 +269,22 @@ def evaluate_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def epoch_rows(cfg: RunConfig, progress: bool) -> list[dict[str, Any]]:
+    """Probe and attack every kept checkpoint (the matched-clean-accuracy reference); metrics ``sl_epoch/``."""
+    rows: list[dict[str, Any]] = []
+    for checkpoint in list_checkpoints(cfg.run_dir / CHECKPOINT_DIR):
+        tag = f"-epoch{checkpoint.epoch:04d}"
+        probe = run_probe(cfg.run_dir, epoch=checkpoint.epoch, progress=progress, tag=tag)
+        rows += [
+            {**r, "metric": r["metric"].replace("probe/", "sl_epoch/")}
+            for r in probe_rows(probe)
+            if r["metric"] in ("probe/val_accuracy", "probe/test_accuracy")
+        ]
+        attack = run_attack(cfg.run_dir, progress=progress, tag=tag)
+        rows += [{**r, "metric": f"sl_epoch/{r['metric']}"} for r in attack_rows(attack)]
+    return rows
+
+
 def _run_stage(stage: str, cfg: RunConfig, progress: bool) -> list[dict[str, Any]]:
     if stage == "train":
         return train_rows(run_train(cfg, resume=True, progress=progress))
@@ -271,6 +292,8 @@ def _run_stage(stage: str, cfg: RunConfig, progress: bool) -> list[dict[str, Any
         return probe_rows(run_probe(cfg.run_dir, progress=progress))
     if stage == "attack":
         return attack_rows(run_attack(cfg.run_dir, progress=progress))
+    if stage == "epochs":
+        return epoch_rows(cfg, progress)
     if stage == "analyze":
         return analyze_rows(run_analyze(cfg.run_dir, progress=progress, tsne=True))
     return evaluate_rows(run_evaluate(cfg.run_dir, progress=progress))

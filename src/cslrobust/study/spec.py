@@ -50,6 +50,9 @@ class StudySpec(BaseModel):
         "attack",
         "analyze",
     )  # "evaluate" adds the full evaluation suite (base.evaluation) to every cell
+    # Keep every epoch of the supervised reference, probe and attack each, and compare every other
+    # method with the supervised checkpoint of the closest validation clean accuracy.
+    match_clean_accuracy: bool = False
     supervised_method: str = "supervised"  # the SL reference of gap computations
     contrastive_method: str = "simclr"  # the CSL reference
     base: dict[str, Any] = Field(default_factory=dict)
@@ -113,6 +116,8 @@ def expand_study(spec: StudySpec) -> list[RunConfig]:
     for method, overrides in spec.methods.items():
         for seed in spec.seeds:
             data = deep_merge(spec.base, overrides)
+            if spec.match_clean_accuracy and method == spec.supervised_method:
+                data = deep_merge(data, {"train": {"keep_every": 1}})
             data.update(name=f"{method}-s{seed}", output_dir=str(spec.output_dir), seed=seed)
             try:
                 cfg = build_run_config(data)

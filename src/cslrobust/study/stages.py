@@ -247,10 +247,21 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     return summary
 
 
+def tagged(name: str, tag: str) -> str:
+    """``probe.json`` -> ``probe<tag>.json`` (artifacts of a non-final checkpoint carry a tag)."""
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}{tag}{dot}{suffix}"
+
+
 def run_probe(
-    run_dir: Path, *, epoch: int | None = None, device: str | None = None, progress: bool = True
+    run_dir: Path,
+    *,
+    epoch: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    tag: str = "",
 ) -> dict[str, Any]:
-    """Fit the linear probe on frozen features of a trained run; write ``probe.json`` and weights."""
+    """Fit the linear probe on frozen features of a trained run; write ``probe<tag>.json`` and weights."""
     del progress  # the probe trains on cached features in seconds
     tic = time.perf_counter()
     run = load_run(run_dir, epoch=epoch, device=device)
@@ -296,8 +307,10 @@ def run_probe(
         record["own_head_val_accuracy"] = accuracy(encoder.head, f_val, splits.val.labels)
     record["wall_seconds"] = time.perf_counter() - tic
     record.update(provenance())
-    save_weights(head, run_dir / PROBE_WEIGHTS, {"checkpoint_epoch": str(run.checkpoint.epoch)})
-    write_json_atomic(run_dir / PROBE_FILE, record)
+    save_weights(
+        head, run_dir / tagged(PROBE_WEIGHTS, tag), {"checkpoint_epoch": str(run.checkpoint.epoch)}
+    )
+    write_json_atomic(run_dir / tagged(PROBE_FILE, tag), record)
     return record
 
 
@@ -320,14 +333,19 @@ def run_attack(
     overrides: dict[str, Any] | None = None,
     device: str | None = None,
     progress: bool = True,
+    tag: str = "",
 ) -> dict[str, Any]:
     """Attack the composite model (normalise -> backbone -> probe head) of a probed run.
+
+    With ``tag``, the probe ``probe<tag>.safetensors`` (and its checkpoint) is attacked and the record
+    goes to ``attack<tag>.json``.
 
     Args:
         run_dir: A run folder with ``probe.safetensors``.
         overrides: Replacement values for the run's ``attack`` section (validated).
         device: Run on this device instead of the configured one.
         progress: Show progress bars.
+        tag: Attack the probe of a tagged (non-final) checkpoint, see :func:`tagged`.
 
     Returns:
         The record written to ``attack.json``: one row per (attack, norm, eps).
@@ -340,7 +358,7 @@ def run_attack(
         data = cfg.model_dump(mode="json")
         data["attack"] = {**data["attack"], **overrides}
         cfg = build_run_config(data)
-    probe_path = run_dir / PROBE_WEIGHTS
+    probe_path = run_dir / tagged(PROBE_WEIGHTS, tag)
     if not probe_path.is_file():
         raise CheckpointError(f"run folder {str(run_dir)!r} has no probe; run 'probe' first")
     from cslrobust.training.checkpoint import read_metadata
@@ -419,5 +437,5 @@ def run_attack(
         "wall_seconds": time.perf_counter() - tic,
         **provenance(),
     }
-    write_json_atomic(run_dir / ATTACK_FILE, record)
+    write_json_atomic(run_dir / tagged(ATTACK_FILE, tag), record)
     return record
