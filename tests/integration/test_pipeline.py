@@ -45,7 +45,7 @@ def test_tiny_study_end_to_end(tmp_path: Path, cifar10_jpeg: Path):
     assert first.returncode == 0, first.stderr[-2000:]
     out = tmp_path / "out"
     for method in ("supervised", "simclr", "simclr_oracle", "supcon"):
-        run = out / f"{method}-s0"
+        (run,) = out.glob(f"{method}-s0-*")  # folder names carry the cell id
         assert (run / "checkpoints" / "epoch-0002" / "model.safetensors").is_file()
         probe = json.loads((run / "probe.json").read_text())
         assert 0.0 <= probe["test_accuracy"] <= 1.0 and probe["n_test"] == 10000
@@ -60,7 +60,8 @@ def test_tiny_study_end_to_end(tmp_path: Path, cifar10_jpeg: Path):
             rows[("pgd", 8 / 255)]["robust_accuracy"]
             <= rows[("fgsm", 8 / 255)]["robust_accuracy"] + 0.02
         )
-    supervised = json.loads((out / "supervised-s0" / "probe.json").read_text())
+    (sup_dir,) = out.glob("supervised-s0-*")
+    supervised = json.loads((sup_dir / "probe.json").read_text())
     assert "own_head_test_accuracy" in supervised
     report = (out / "report.md").read_text()
     assert "simclr_oracle" in report and "PGD 1/255" in report
@@ -73,8 +74,9 @@ def test_tiny_study_end_to_end(tmp_path: Path, cifar10_jpeg: Path):
     assert second.stdout.count("done, skipped") == 4
 
     # The single-stage commands work on a run folder too (attack with another budget).
+    (simclr_dir,) = out.glob("simclr-s0-*")
     again = _cli(
-        "attack", str(out / "simclr-s0"), "--eps", "2", "--attack", "pgd", "--no-progress", env=env
+        "attack", str(simclr_dir), "--eps", "2", "--attack", "pgd", "--no-progress", env=env
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "eps    2/255" in again.stdout

@@ -180,16 +180,9 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     splits = load_data(cfg)
     objective = build_run_objective(cfg)
     encoder = _init_model(cfg, splits, objective.head_kind)
-    aug = cfg.augment
-    params = AugmentParams(
-        crop_scale=aug.crop_scale,
-        flip_p=aug.flip_p,
-        jitter=aug.jitter,
-        jitter_p=aug.jitter_p,
-        grayscale_p=aug.grayscale_p,
-        crop_padding=aug.crop_padding,
-    )
-    make_views = build_augment(aug.kind, params).to(cfg.device)
+    # AugmentConfig mirrors AugmentParams field for field (plus the preset name).
+    params = AugmentParams(**cfg.augment.model_dump(exclude={"kind"}))
+    make_views = build_augment(cfg.augment.kind, params).to(cfg.device)
     tr = cfg.train
     optimizer = build_sgd(
         encoder, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, nesterov=tr.nesterov
