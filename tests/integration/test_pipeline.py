@@ -17,6 +17,7 @@ base:
   train: {{epochs: 2, batch_size: 64, lr: 0.1, tensorboard: false}}
   probe: {{epochs: 10}}
   attack: {{attacks: [fgsm, pgd], eps_linf: [0, 1, 8], steps: 3, n_images: 100}}
+  geometry: {{n_images: 200, sensitivity_images: 50, sensitivity_eps: [1], tsne_points: 100}}
 methods:
   supervised: {{objective: {{name: supervised}}}}
   simclr: {{objective: {{name: simclr}}}}
@@ -64,7 +65,8 @@ def test_tiny_study_end_to_end(tmp_path: Path, cifar10_jpeg: Path):
     supervised = json.loads((sup_dir / "probe.json").read_text())
     assert "own_head_test_accuracy" in supervised
     report = (out / "report.md").read_text()
-    assert "simclr_oracle" in report and "PGD 1/255" in report
+    assert "simclr_oracle" in report and "PGD robust accuracy" in report and "| 1/255 |" in report
+    assert "Representation geometry" in report
     assert (out / "robust_accuracy.png").stat().st_size > 1000
     assert "probe test" in first.stdout
 
