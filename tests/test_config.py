@@ -77,3 +77,23 @@ def test_config_is_frozen():
     cfg = RunConfig()
     with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError on frozen models
         cfg.seed = 3  # type: ignore[misc]
+
+
+def test_peak_lr_scales_with_the_global_batch():
+    from cslrobust.config import TrainConfig
+
+    assert TrainConfig(lr=0.3, batch_size=512).peak_lr() == 0.3
+    assert TrainConfig(lr=0.3, batch_size=512, lr_scaling="linear").peak_lr() == pytest.approx(0.6)
+    sqrt = TrainConfig(lr=0.3, batch_size=1024, lr_scaling="sqrt", lr_reference_batch=256)
+    assert sqrt.peak_lr() == pytest.approx(0.6)
+
+
+def test_run_id_ignores_compile_and_keeps_ids_of_earlier_runs():
+    from cslrobust.config import RunConfig
+
+    base = RunConfig()
+    assert RunConfig(train={"compile": True}).run_id() == base.run_id()
+    # Options added later count only when changed from their defaults.
+    assert RunConfig(train={"precision": "fp32", "sync_batchnorm": True}).run_id() == base.run_id()
+    assert RunConfig(train={"precision": "bf16"}).run_id() != base.run_id()
+    assert RunConfig(train={"lr_scaling": "linear"}).run_id() != base.run_id()

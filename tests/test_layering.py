@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cslrobust"
-FOUNDATION = {"errors", "registry", "seeding", "provenance"}
+FOUNDATION = {"errors", "registry", "seeding", "provenance", "distributed"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "registry": {"errors"},
     "seeding": set(),
     "provenance": set(),
+    "distributed": {"errors"},
     "config": {"errors"},
     "data": {"errors", "registry", "seeding"},
     "augment": {"errors", "registry"},
@@ -22,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "objectives": {"errors", "registry", "models"},
     "statistics": set(),
     "geometry": {"errors", "registry"},
-    "corruptions": {"errors", "registry", "seeding"},
+    "corruptions": {"errors", "registry", "seeding", "distributed"},
     "attacks": FOUNDATION | {"models"},
     "training": FOUNDATION | {"objectives", "models", "data"},
     "probe": FOUNDATION | {"models", "training"},

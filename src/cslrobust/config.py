@@ -49,7 +49,7 @@ class DataConfig(_Section):
 class AugmentConfig(_Section):
     """View augmentation. ``simclr`` is used by every method by default (the matched protocol)."""
 
-    kind: Literal["simclr", "crop_flip", "none"] = "simclr"
+    kind: Literal["simclr", "simclr_fast", "crop_flip", "none"] = "simclr"
     crop_scale: tuple[float, float] = (0.2, 1.0)
     flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
@@ -176,6 +176,24 @@ class TrainConfig(_Section):
     keep_every: int = Field(default=0, ge=0, description="also keep every k-th epoch (0: none)")
     log_every: int = Field(default=20, gt=0, description="steps between loss fetches/finite checks")
     tensorboard: bool = True
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32", description="bf16: encoder forward under bf16 autocast (GPU fast path)"
+    )
+    compile: bool = Field(default=False, description="torch.compile the model for training")
+    sync_batchnorm: bool = Field(
+        default=True, description="with several processes, BatchNorm over the global batch"
+    )
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        default="none",
+        description="peak lr = lr * (batch_size / lr_reference_batch) [linear] or its sqrt",
+    )
+    lr_reference_batch: int = Field(default=256, gt=0)
+
+    def peak_lr(self) -> float:
+        """The peak learning rate after batch-size scaling (``lr`` itself with ``lr_scaling: none``)."""
+        ratio = self.batch_size / self.lr_reference_batch
+        factor: float = {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
+        return self.lr * factor
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
@@ -344,7 +362,23 @@ class RunConfig(_Section):
         identity["data"] = {
             k: v for k, v in identity["data"].items() if k not in ("root", "download")
         }
+        # torch.compile is an execution detail; train options added after the first release count
+        # only when changed, so the ids of earlier runs stay valid.
+        identity["train"] = {
+            k: v
+            for k, v in identity["train"].items()
+            if k != "compile" and _LATER_TRAIN_DEFAULTS.get(k, _MISSING) != v
+        }
         return canonical_hash(identity)
+
+
+_MISSING = object()
+_LATER_TRAIN_DEFAULTS: dict[str, Any] = {
+    "precision": "fp32",
+    "sync_batchnorm": True,
+    "lr_scaling": "none",
+    "lr_reference_batch": 256,
+}
 
 
 def canonical_hash(payload: Mapping[str, Any]) -> str:

@@ -7,6 +7,7 @@ from cslrobust.augment import AUGMENTATIONS, AugmentParams, ViewAugment, build_a
 from cslrobust.errors import ConfigError
 
 B, H, W = 8, 32, 32
+SIMCLR_KINDS = ["simclr", "simclr_fast"]  # the kornia preset and its sync-free twin
 
 
 @pytest.fixture
@@ -33,16 +34,18 @@ def test_input_not_modified(kind: str, images: torch.Tensor) -> None:
     assert torch.equal(images, before)
 
 
-def test_extreme_inputs_stay_in_range() -> None:
+@pytest.mark.parametrize("kind", SIMCLR_KINDS)
+def test_extreme_inputs_stay_in_range(kind: str) -> None:
     torch.manual_seed(0)
     x = torch.cat([torch.zeros(4, 3, H, W), torch.ones(4, 3, H, W)])
-    out = build_augment("simclr")(x, 4)
+    out = build_augment(kind)(x, 4)
     assert out.min() >= 0.0 and out.max() <= 1.0
 
 
-def test_simclr_views_differ(images: torch.Tensor) -> None:
+@pytest.mark.parametrize("kind", SIMCLR_KINDS)
+def test_simclr_views_differ(kind: str, images: torch.Tensor) -> None:
     torch.manual_seed(0)
-    out = build_augment("simclr")(images, 2)
+    out = build_augment(kind)(images, 2)
     v0, v1 = out[:B], out[B:]
     for b in range(B):
         assert not torch.allclose(v0[b], v1[b])
@@ -50,13 +53,14 @@ def test_simclr_views_differ(images: torch.Tensor) -> None:
         assert not torch.allclose(v1[b], images[b])
 
 
-def test_view_major_layout() -> None:
+@pytest.mark.parametrize("kind", SIMCLR_KINDS)
+def test_view_major_layout(kind: str) -> None:
     # Constant images survive resized crops and flips unchanged (colour ops are off), so every row
     # must equal the sample it was made from.
     torch.manual_seed(0)
     levels = torch.linspace(0.1, 0.9, B)
     x = levels.view(B, 1, 1, 1).expand(B, 3, H, W).contiguous()
-    aug = build_augment("simclr", AugmentParams(jitter_p=0.0, grayscale_p=0.0))
+    aug = build_augment(kind, AugmentParams(jitter_p=0.0, grayscale_p=0.0))
     out = aug(x, 3)
     for v in range(3):
         torch.testing.assert_close(out[v * B : (v + 1) * B], x)
@@ -69,7 +73,7 @@ def test_none_returns_exact_copies(images: torch.Tensor) -> None:
     assert out.data_ptr() != images.data_ptr()
 
 
-@pytest.mark.parametrize("kind", ["simclr", "crop_flip"])
+@pytest.mark.parametrize("kind", [*SIMCLR_KINDS, "crop_flip"])
 def test_seed_determinism(kind: str, images: torch.Tensor) -> None:
     aug = build_augment(kind)
     torch.manual_seed(7)
@@ -85,9 +89,10 @@ def test_seed_determinism(kind: str, images: torch.Tensor) -> None:
     assert torch.equal(build_augment(kind)(images, 2), a)
 
 
-def test_grayscale_p1_gives_equal_channels(images: torch.Tensor) -> None:
+@pytest.mark.parametrize("kind", SIMCLR_KINDS)
+def test_grayscale_p1_gives_equal_channels(kind: str, images: torch.Tensor) -> None:
     torch.manual_seed(0)
-    out = build_augment("simclr", AugmentParams(grayscale_p=1.0))(images, 2)
+    out = build_augment(kind, AugmentParams(grayscale_p=1.0))(images, 2)
     torch.testing.assert_close(out[:, 0], out[:, 1])
     torch.testing.assert_close(out[:, 1], out[:, 2])
 

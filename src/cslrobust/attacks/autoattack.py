@@ -29,6 +29,12 @@ How the adapter drives AutoAttack, and why:
   per-batch checks run on every batch (about 8 extra forward passes each, small next to the
   attacks); the Square check needs the whole sequence and is called once at the end. The adapter
   adds its own notes prefixed ``cslrobust:``.
+- Several processes (torchrun). The clean pass and, for each attack, its batches are sharded
+  across ranks (batch ``i`` on rank ``i % world_size``); every rank gathers all batch records and
+  folds them in batch order, so each rank ends with the result of one process and forms the same
+  batches for the next attack. A batch's record is written by the rank that attacked it, so no file
+  has two writers; rank 0 alone checks the manifest and writes the clean pass. Flags of every batch
+  travel with its record, so every rank reports all of them.
 - Randomness. AutoAttack reseeds the global RNG inside every attack; the whole call runs inside
   :func:`~cslrobust.seeding.rng_scope`, so the caller's global RNG state is restored afterwards.
 - Fewer than 10 classes: the versions' 9 target classes of APGD-T/FAB-T are capped at ``K - 1``
@@ -60,6 +66,7 @@ from torch import Tensor, nn
 from cslrobust.attacks.evaluate import AttackResult
 from cslrobust.attacks.target import AttackTarget, frozen_eval
 from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
+from cslrobust.distributed import on_main, sharded_batches, sharded_map_objects
 from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.seeding import derive_seed, rng_scope
 
@@ -415,10 +422,20 @@ def _load(path: Path) -> dict[str, Any]:
 class _StateFolder:
     """The adapter's resumable state: a manifest, the clean pass and one record per batch."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-        path = root / _MANIFEST
+
+    def open(self, manifest: dict[str, Any], clean_correct: Tensor) -> Tensor:
+        """Check (or write) the manifest, then read (or write) the clean pass; run on rank 0 only.
+
+        Returns:
+            The stored clean correctness, or ``clean_correct`` when none was stored yet.
+
+        Raises:
+            CheckpointError: If the folder holds a different evaluation.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / _MANIFEST
         if path.exists():
             stored = json.loads(path.read_text())
             if stored != manifest:
@@ -426,13 +443,19 @@ class _StateFolder:
                     k for k in set(stored) | set(manifest) if stored.get(k) != manifest.get(k)
                 )
                 raise CheckpointError(
-                    f"AutoAttack state folder {str(root)!r} holds a different evaluation "
+                    f"AutoAttack state folder {str(self.root)!r} holds a different evaluation "
                     f"(differs in: {', '.join(keys)}); use another folder or delete it"
                 )
         else:
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
             os.replace(tmp, path)
+        clean_path = self.root / _CLEAN
+        if clean_path.exists():
+            loaded: Tensor = _load(clean_path)["clean_correct"].bool()
+            return loaded
+        _atomic_save({"clean_correct": clean_correct}, clean_path)
+        return clean_correct
 
     def batch_path(self, attack_index: int, attack: str, batch_index: int) -> Path:
         return self.root / f"{attack_index:02d}-{attack}-{batch_index:05d}.pt"
@@ -535,16 +558,16 @@ def run_autoattack(
 def _clean_pass(
     target: AttackTarget, images: Tensor, labels: Tensor, batch_size: int, device: torch.device
 ) -> tuple[Tensor, int]:
-    """Per-sample clean correctness (CPU bool) and the number of classes."""
-    parts: list[Tensor] = []
-    n_classes = 0
-    with torch.no_grad():
-        for start in range(0, images.shape[0], batch_size):
-            logits = target(images[start : start + batch_size].to(device))
-            n_classes = logits.shape[1]
-            y = labels[start : start + batch_size].to(device)
-            parts.append((logits.argmax(dim=1) == y).cpu())
-    return torch.cat(parts), n_classes
+    """Per-sample clean correctness (CPU bool) and the number of classes (sharded across ranks)."""
+
+    def logits_of(position: int, rows: slice) -> Tensor:
+        del position
+        with torch.no_grad():
+            logits: Tensor = target(images[rows].to(device))
+        return logits
+
+    logits = sharded_batches(images.shape[0], batch_size, logits_of)  # (N, K) on device
+    return (logits.argmax(dim=1) == labels.to(logits.device)).cpu(), logits.shape[1]
 
 
 def _run(
@@ -593,12 +616,8 @@ def _run(
             "images": _digest(images),
             "labels": _digest(labels),
         }
-        state = _StateFolder(state_dir, manifest)
-        clean_path = state_dir / _CLEAN
-        if clean_path.exists():
-            clean_correct = _load(clean_path)["clean_correct"].bool()
-        else:
-            _atomic_save({"clean_correct": clean_correct}, clean_path)
+        folder = state = _StateFolder(state_dir)
+        clean_correct = on_main(lambda: folder.open(manifest, clean_correct))
 
     progress = _Progress(
         robust=clean_correct.clone(),
@@ -607,26 +626,41 @@ def _run(
         flags=list(notes),
         attack_runtime_s={},
     )
+
+    def attack_chunk(
+        batch_index: int, item: tuple[Tensor, Path | None]
+    ) -> tuple[dict[str, Any], bool]:
+        """A batch's record, replayed from its state file or attacked (and saved), and if replayed."""
+        del batch_index
+        chunk, path = item
+        if path is not None and path.exists():
+            record = _load(path)
+            if not torch.equal(record["indices"], chunk):
+                raise CheckpointError(
+                    f"AutoAttack state record {str(path)!r} attacked other samples than "
+                    "this evaluation would; the state folder is inconsistent, delete it"
+                )
+            return record, True
+        record = _attack_batch(aa, images, labels, chunk, batch_size, device, log_sink)
+        if path is not None:
+            _atomic_save(record, path)  # each batch runs on one rank: no file has two writers
+        return record, False
+
     accuracy_after: dict[str, float] = {}
     for attack_index, attack in enumerate(sequence):
         aa.attacks_to_run = [attack]
         progress.attack_runtime_s[attack] = 0.0
         pending = progress.robust.nonzero().squeeze(1)  # (R,) samples still robust, index order
-        for batch_index, start in enumerate(range(0, pending.numel(), batch_size)):
-            chunk = pending[start : start + batch_size]
-            path = state.batch_path(attack_index, attack, batch_index) if state else None
-            if path is not None and path.exists():
-                record = _load(path)
-                if not torch.equal(record["indices"], chunk):
-                    raise CheckpointError(
-                        f"AutoAttack state record {str(path)!r} attacked other samples than "
-                        "this evaluation would; the state folder is inconsistent, delete it"
-                    )
-                progress.resumed_batches += 1
-            else:
-                record = _attack_batch(aa, images, labels, chunk, batch_size, device, log_sink)
-                if path is not None:
-                    _atomic_save(record, path)
+        items = [
+            (
+                pending[start : start + batch_size],
+                state.batch_path(attack_index, attack, batch_index) if state else None,
+            )
+            for batch_index, start in enumerate(range(0, pending.numel(), batch_size))
+        ]
+        # Batches are sharded across ranks; every rank folds all records in batch order.
+        for record, resumed in sharded_map_objects(items, attack_chunk):
+            progress.resumed_batches += int(resumed)
             _apply(progress, attack, record)
         accuracy_after[attack] = int(progress.robust.sum()) / n
 

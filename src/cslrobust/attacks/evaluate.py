@@ -12,6 +12,9 @@ Protocol (fixed here, documented for reports):
   reproducible, independent of every other random stream, and use the same draws at every eps
   (common random numbers make eps sweeps less noisy). They do depend on ``batch_size``.
 - Clean accuracy goes through the same loop with the identity in place of the attack.
+- Several processes (torchrun): batches are sharded across ranks (batch ``i`` on rank
+  ``i % world_size``, with its own stream ``i``) and the per-sample outcomes gathered back in order,
+  so every rank returns the :class:`AttackResult` one process would, and no batch runs twice.
 - Both entry points accept an :class:`AttackTarget` or a plain model; a plain model is wrapped for
   the duration of the call inside :func:`frozen_eval`, so its training and ``requires_grad`` flags
   are restored afterwards.
@@ -26,13 +29,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from cslrobust.attacks.checks import check_logits, check_perturbation
 from cslrobust.attacks.pgd import default_step_size
 from cslrobust.attacks.registry import ATTACKS
 from cslrobust.attacks.target import AttackTarget, frozen_eval
 from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
+from cslrobust.distributed import sharded_batches
 from cslrobust.seeding import make_generator
 
 # (target, batch index, clean batch, labels) -> attacked batch
@@ -124,33 +127,32 @@ def _evaluate_target(
     progress: bool,
     description: str,
 ) -> AttackResult:
-    """The loop of :func:`_evaluate` on a frozen target."""
+    """The loop of :func:`_evaluate` on a frozen target, sharded across ranks by whole batches."""
     n = images.shape[0]
-    clean_parts: list[Tensor] = []
-    robust_parts: list[Tensor] = []
-    max_perturbation = 0.0
-    with tqdm(total=n, desc=description, unit="img", disable=not progress, leave=False) as bar:
-        for batch_index, start in enumerate(range(0, n, batch_size)):
-            x = images[start : start + batch_size].to(device, non_blocking=True)
-            y = labels[start : start + batch_size].to(device, non_blocking=True)
+
+    def outcome(batch_index: int, rows: slice) -> Tensor:
+        """(B, 3) float64: clean correct, robust correct, perturbation norm."""
+        x = images[rows].to(device, non_blocking=True)
+        y = labels[rows].to(device, non_blocking=True)
+        with torch.no_grad():
+            logits = target(x)
+        check_logits(logits)
+        clean_correct = logits.argmax(dim=1) == y
+        if perturb is None:
+            robust_correct, size = clean_correct, torch.zeros_like(y, dtype=torch.float64)
+        else:
+            x_adv = perturb(target, batch_index, x, y)
+            check_perturbation(x, x_adv, eps, norm)
+            size = perturbation_norm(x_adv.double() - x.double(), norm)
             with torch.no_grad():
-                logits = target(x)
-            check_logits(logits)
-            clean_correct = logits.argmax(dim=1) == y
-            if perturb is None:
-                robust_correct = clean_correct
-            else:
-                x_adv = perturb(target, batch_index, x, y)
-                check_perturbation(x, x_adv, eps, norm)
-                batch_max = perturbation_norm(x_adv.double() - x.double(), norm).max().item()
-                max_perturbation = max(max_perturbation, batch_max)
-                with torch.no_grad():
-                    robust_correct = clean_correct & (target(x_adv).argmax(dim=1) == y)
-            clean_parts.append(clean_correct.cpu())
-            robust_parts.append(robust_correct.cpu())
-            bar.update(x.shape[0])
-    clean = torch.cat(clean_parts)
-    robust = torch.cat(robust_parts)
+                robust_correct = clean_correct & (target(x_adv).argmax(dim=1) == y)
+        return torch.stack([clean_correct.double(), robust_correct.double(), size], dim=1)
+
+    table = sharded_batches(
+        n, batch_size, outcome, description=description if progress else None
+    ).cpu()  # (N, 3)
+    clean = table[:, 0].bool()
+    robust = table[:, 1].bool()
     n_clean = int(clean.sum())
     n_flipped = int((clean & ~robust).sum())
     return AttackResult(
@@ -159,7 +161,7 @@ def _evaluate_target(
         clean_accuracy=n_clean / n,
         robust_accuracy=int(robust.sum()) / n,
         attack_success_rate=n_flipped / n_clean if n_clean > 0 else math.nan,
-        max_perturbation=max_perturbation,
+        max_perturbation=float(table[:, 2].max()),
         n=n,
     )
 

@@ -43,6 +43,7 @@ from cslrobust.attacks.autoattack import AutoAttackResult
 from cslrobust.attacks.evaluate import robust_accuracy
 from cslrobust.attacks.target import AttackTarget, frozen_eval, input_gradient
 from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
+from cslrobust.distributed import sharded_batches
 
 #: The expected strength order, weakest first; AutoAttack rows are named ``"autoattack"``.
 ATTACK_ORDER: tuple[str, ...] = ("clean", "fgsm", "pgd", "autoattack")
@@ -346,25 +347,34 @@ def gate_adversarial_examples(
         raise ValueError("give reported_robust_correct or reported_robust_accuracy")
     n = images.shape[0]
     device = torch.device(device)
-    robust_parts: list[Tensor] = []
-    norms: list[Tensor] = []
-    finite = True
-    low, high = math.inf, -math.inf
+
+    def reevaluate(position: int, rows: slice) -> Tensor:
+        """(B, 5) float64: robust, perturbation norm, min pixel, max pixel, finite."""
+        del position
+        x = images[rows].to(device)
+        xa = x_adv[rows].to(device)
+        y = labels[rows].to(device)
+        flat = xa.flatten(1).double()
+        clean_ok = frozen(x).argmax(dim=1) == y
+        # The wrapped model directly: an out-of-box x_adv is reported below, not raised on.
+        adv_ok = frozen.model(xa).argmax(dim=1) == y
+        return torch.stack(
+            [
+                (clean_ok & adv_ok).double(),
+                perturbation_norm(xa.double() - x.double(), norm),
+                flat.amin(dim=1),
+                flat.amax(dim=1),
+                torch.isfinite(flat).all(dim=1).double(),
+            ],
+            dim=1,
+        )
+
     with _as_target(target) as frozen, torch.no_grad():
-        for start in range(0, n, batch_size):
-            x = images[start : start + batch_size].to(device)
-            xa = x_adv[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device)
-            finite &= bool(torch.isfinite(xa).all())
-            low = min(low, float(xa.min()))
-            high = max(high, float(xa.max()))
-            norms.append(perturbation_norm(xa.double() - x.double(), norm).cpu())
-            clean_ok = frozen(x).argmax(dim=1) == y
-            # The wrapped model directly: an out-of-box x_adv is reported below, not raised on.
-            adv_ok = frozen.model(xa).argmax(dim=1) == y
-            robust_parts.append((clean_ok & adv_ok).cpu())
-    robust = torch.cat(robust_parts)
-    pert = torch.cat(norms)
+        table = sharded_batches(n, batch_size, reevaluate).cpu()  # (N, 5)
+    robust = table[:, 0].bool()
+    pert = table[:, 1]
+    finite = bool(table[:, 4].all())
+    low, high = float(table[:, 2].min()), float(table[:, 3].max())
     n_robust = int(robust.sum())
     if reported_robust_correct is not None:
         mismatch = int((robust != reported_robust_correct.cpu().bool()).sum())
@@ -428,19 +438,22 @@ def gate_input_gradients(
     attacks fail silently and robust accuracy look high: the classic gradient-masking case.
     """
     device = torch.device(device)
-    zero_parts: list[Tensor] = []
+
+    def zero_gradient(position: int, rows: slice) -> Tensor:
+        """(B,) float64: 1 where the input gradient is exactly zero."""
+        del position
+        x = images[rows].to(device)
+        y = labels[rows].to(device)
+        try:
+            _, _, grad = input_gradient(frozen, x, y)
+        except RuntimeError as error:
+            if not any(text in str(error) for text in _NO_GRAPH_ERRORS):
+                raise
+            grad = torch.zeros_like(x)  # the output does not depend on x through autograd
+        return (grad.flatten(1).abs().sum(dim=1) == 0).double()
+
     with _as_target(target) as frozen:
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device)
-            try:
-                _, _, grad = input_gradient(frozen, x, y)
-            except RuntimeError as error:
-                if not any(text in str(error) for text in _NO_GRAPH_ERRORS):
-                    raise
-                grad = torch.zeros_like(x)  # the output does not depend on x through autograd
-            zero_parts.append((grad.flatten(1).abs().sum(dim=1) == 0).cpu())
-    zero = torch.cat(zero_parts)
+        zero = sharded_batches(images.shape[0], batch_size, zero_gradient).cpu().bool()
     n = zero.numel()
     fraction = 1.0 - int(zero.sum()) / n
     details = {

@@ -42,6 +42,7 @@ from cslrobust.attacks.evaluate import AttackResult, robust_accuracy
 from cslrobust.attacks.gates import AccuracyPoint
 from cslrobust.attacks.target import AttackTarget, frozen_eval
 from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
+from cslrobust.distributed import sharded_batches
 from cslrobust.seeding import derive_seed, rng_scope
 
 if TYPE_CHECKING:
@@ -403,6 +404,7 @@ def minimal_perturbation(
     target, re-evaluated here, misclassifies the returned point. FAB reseeds nothing itself in this
     mode; the random restarts draw from the global RNG, seeded per batch with
     ``derive_seed(seed, "fab", batch)`` inside :func:`rng_scope`, so the caller's RNG is restored.
+    With several processes the batches are sharded across ranks and the results gathered.
 
     Args:
         target: An :class:`AttackTarget` or a plain model (frozen for the call, then restored).
@@ -431,8 +433,6 @@ def minimal_perturbation(
         raise ValueError(f"bad shapes {tuple(images.shape)} and {tuple(labels.shape)}")
     device = torch.device(device)
     fab_norm = {"linf": "Linf", "l2": "L2"}[norm]
-    norm_parts: list[Tensor] = []
-    clean_parts: list[Tensor] = []
     with contextlib.nullcontext() if isinstance(target, AttackTarget) else frozen_eval(target):
         frozen = target if isinstance(target, AttackTarget) else AttackTarget(target)
         fab = FABAttack_PT(
@@ -443,9 +443,11 @@ def minimal_perturbation(
             seed=derive_seed(seed, "fab"),
             device=device,
         )
-        for batch_index, start in enumerate(range(0, images.shape[0], batch_size)):
-            x = images[start : start + batch_size].to(device)
-            y = labels[start : start + batch_size].to(device)
+
+        def smallest(batch_index: int, rows: slice) -> Tensor:
+            """(B, 2) float64: smallest fooling norm found, clean correct."""
+            x = images[rows].to(device)
+            y = labels[rows].to(device)
             with torch.no_grad():
                 clean_ok = frozen(x).argmax(dim=1) == y
             best = torch.full((x.shape[0],), math.inf, dtype=torch.float64, device=device)
@@ -458,10 +460,11 @@ def minimal_perturbation(
                         fooled = clean_ok & (frozen(adv).argmax(dim=1) != y)
                     found = perturbation_norm(adv.double() - x.double(), norm)
                     best = torch.where(fooled & (found < best), found, best)
-            norm_parts.append(best.cpu())
-            clean_parts.append(clean_ok.cpu())
-    norms = torch.cat(norm_parts)
-    clean_correct = torch.cat(clean_parts)
+            return torch.stack([best, clean_ok.double()], dim=1)
+
+        table = sharded_batches(images.shape[0], batch_size, smallest).cpu()  # (N, 2)
+    norms = table[:, 0].contiguous()
+    clean_correct = table[:, 1].bool()
     correct_norms = norms[clean_correct]
     n_correct = correct_norms.numel()
     return MinNormResult(

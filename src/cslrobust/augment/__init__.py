@@ -1,5 +1,6 @@
 """Batched view generation (SimCLR / supervised CIFAR recipes); never normalises."""
 
+from cslrobust.augment.fast_views import SimCLRFastAugment, SimCLRViewParams
 from cslrobust.augment.views import (
     AUGMENTATIONS,
     AugmentParams,
@@ -8,4 +9,12 @@ from cslrobust.augment.views import (
     build_augment,
 )
 
-__all__ = ["AUGMENTATIONS", "AugmentParams", "PipelineBuilder", "ViewAugment", "build_augment"]
+__all__ = [
+    "AUGMENTATIONS",
+    "AugmentParams",
+    "PipelineBuilder",
+    "SimCLRFastAugment",
+    "SimCLRViewParams",
+    "ViewAugment",
+    "build_augment",
+]

@@ -4,7 +4,9 @@ Views are produced on whole batches on the input's device with ``kornia.augmenta
 ``n_views`` copies of a batch are stacked view-major and augmented in one pass with
 ``same_on_batch=False``, so every row (every view of every sample) draws its own parameters.
 Random parameters come from the global torch RNG (kornia samples them on the CPU by default, so a
-seed gives the same views on every device); the caller scopes that RNG, e.g. per epoch.
+seed gives the same views on every device); the caller scopes that RNG, e.g. per epoch. The
+``"simclr_fast"`` preset (:mod:`cslrobust.augment.fast_views`) draws the same view distribution with
+batched tensor ops on the input's device and no host-device synchronisation.
 
 Augmentations never normalise: outputs are [0, 1] images and normalisation belongs to
 :class:`cslrobust.models.Normalize`.
@@ -126,15 +128,15 @@ class ViewAugment(nn.Module):
     it holds no state that affects the output.
 
     Args:
-        kind: Preset name registered in :data:`AUGMENTATIONS` (``"simclr"``, ``"crop_flip"``,
-            ``"none"``).
+        kind: Preset name registered in :data:`AUGMENTATIONS` (``"simclr"``, ``"simclr_fast"``,
+            ``"crop_flip"``, ``"none"``).
         params: Strength settings; the defaults are the SimCLR CIFAR values.
 
     Raises:
         ConfigError: If ``kind`` is unknown.
 
     Shape:
-        - images: ``(B, C, H, W)`` floating point in [0, 1] (``C = 3`` for ``"simclr"``).
+        - images: ``(B, C, H, W)`` floating point in [0, 1] (``C = 3`` for the SimCLR presets).
         - Output: ``(n_views * B, C, H, W)`` in [0, 1], same dtype and device, view-major: row
           ``v * B + b`` is view ``v`` of sample ``b``.
     """

@@ -30,7 +30,13 @@ T = TypeVar("T")
 
 
 def _guard(call: Callable[[], T]) -> T:
-    """Run ``call``; turn user errors into one line on stderr and exit code 2."""
+    """Run ``call``; turn user errors into one line on stderr and exit code 2.
+
+    Under torchrun every process runs the command; the process group (started by the stages on
+    first use) is shut down at the end.
+    """
+    from cslrobust.distributed import shutdown_distributed
+
     try:
         return call()
     except CslRobustError as err:
@@ -42,6 +48,16 @@ def _guard(call: Callable[[], T]) -> T:
             err=True,
         )
         raise typer.Exit(130) from None
+    finally:
+        shutdown_distributed()
+
+
+def _echo(message: str = "", **kwargs: Any) -> None:
+    """``typer.echo`` on rank 0 only (every rank of a torchrun launch runs the same command)."""
+    from cslrobust.distributed import is_main
+
+    if is_main():
+        typer.echo(message, **kwargs)
 
 
 def _floats(text: str | None, flag: str) -> list[float] | None:
@@ -110,10 +126,10 @@ def train_command(
 
     def call() -> None:
         cfg = load_run_config(config, overrides)
-        typer.echo(f"run {cfg.name} (id {cfg.run_id()}) -> {cfg.run_dir}")
+        _echo(f"run {cfg.name} (id {cfg.run_id()}) -> {cfg.run_dir}")
         summary = run_train(cfg, resume=resume, progress=progress)
         last = summary["history"][-1] if summary["history"] else {}
-        typer.echo(
+        _echo(
             f"trained {summary['epochs']} epochs in {summary['wall_seconds']:.0f} s; "
             f"final loss {last.get('loss', float('nan')):.4f}; checkpoint {summary['checkpoint']}"
         )
@@ -141,7 +157,7 @@ def probe_command(
         )
         if "own_head_test_accuracy" in record:
             line += f", own head test {record['own_head_test_accuracy']:.4f}"
-        typer.echo(line)
+        _echo(line)
 
     _guard(call)
 
@@ -189,9 +205,9 @@ def attack_command(
             if value is not None:
                 overrides[key] = value
         record = run_attack(run_dir, overrides=overrides, device=device, progress=progress)
-        typer.echo(f"{record['name']}: {record['n_images']} test images, head={record['head']}")
+        _echo(f"{record['name']}: {record['n_images']} test images, head={record['head']}")
         for row in record["results"]:
-            typer.echo(
+            _echo(
                 f"  {row['attack']:>4} {row['norm']:>4} eps {row['eps_display']:>8}: "
                 f"clean {100 * row['clean_accuracy']:5.1f}%  robust {100 * row['robust_accuracy']:5.1f}%  "
                 f"success {100 * row['attack_success_rate']:5.1f}%"
@@ -243,39 +259,39 @@ def evaluate_command(
             ) from None
         record = run_evaluate(run_dir, evaluation=ev, device=device, progress=progress)
         if record["gates_failed"]:
-            typer.echo(
+            _echo(
                 f"!!! {len(record['gates_failed'])} SANITY GATE(S) FAILED: the numbers below are suspect"
             )
-        typer.echo(record["gates_text"])
-        typer.echo(
+        _echo(record["gates_text"])
+        _echo(
             f"{record['name']}: suite {record['suite']}, {record['protocol']['n_images']} test images"
         )
         for row in record["sweeps"]:
             eps = f"{row['eps'] * 255:g}/255" if row["norm"] == "linf" else f"{row['eps']:g}"
-            typer.echo(
+            _echo(
                 f"  {row['attack']:>4} {row['norm']:>4} eps {eps:>8}: robust {100 * row['robust_accuracy']:5.1f}%  "
                 f"success {100 * row['attack_success_rate']:5.1f}%"
             )
         for s in record["eps50"]:
-            typer.echo(f"  eps50 {s['attack']}/{s['norm']}: {s['eps50']:.5f}")
+            _echo(f"  eps50 {s['attack']}/{s['norm']}: {s['eps50']:.5f}")
         for aa in record["autoattack"]:
             after = ", ".join(
                 f"{k.removeprefix('robust_accuracy_after_')} {100 * v:.1f}%"
                 for k, v in aa.items()
                 if k.startswith("robust_accuracy_after_")
             )
-            typer.echo(
+            _echo(
                 f"  AutoAttack {aa['version']} {aa['norm']} eps {aa['eps']:.5f}: {100 * aa['robust_accuracy']:.1f}% ({after})"
             )
             for flag in aa["flags"]:
-                typer.echo(f"    flag: {flag}")
+                _echo(f"    flag: {flag}")
         for norm, fab in record["fab"].items():
-            typer.echo(f"  FAB {norm}: median minimal perturbation {fab['min_norm_median']:.5f}")
+            _echo(f"  FAB {norm}: median minimal perturbation {fab['min_norm_median']:.5f}")
         if record["corruptions"]:
-            typer.echo(
+            _echo(
                 f"  corruptions: mean accuracy {100 * record['corruptions']['summary']['mean_accuracy']:.1f}% over {record['corruptions']['summary']['n_conditions']} conditions"
             )
-        typer.echo(f"wrote {run_dir / 'evaluation.json'} in {record['wall_seconds']:.0f} s")
+        _echo(f"wrote {run_dir / 'evaluation.json'} in {record['wall_seconds']:.0f} s")
 
     _guard(call)
 
@@ -305,13 +321,13 @@ def analyze_command(
             "centroid_margin_median",
             "logit_margin_median",
         ]
-        typer.echo(f"{record['name']}: {record['n_images']} test images")
+        _echo(f"{record['name']}: {record['n_images']} test images")
         for key in keys:
             if key in m:
-                typer.echo(f"  {key:<26} {m[key]: .4f}")
+                _echo(f"  {key:<26} {m[key]: .4f}")
         for key in sorted(k for k in m if k.startswith("sensitivity_") and k.endswith("/median")):
-            typer.echo(f"  {key:<26} {m[key]: .4f}")
-        typer.echo(
+            _echo(f"  {key:<26} {m[key]: .4f}")
+        _echo(
             f"wrote {run_dir / 'analysis.json'}, class_distances.png"
             + (", tsne.png" if tsne else "")
         )
@@ -336,6 +352,7 @@ def study_run_command(
     progress: ProgressOption = True,
 ) -> None:
     """Run every missing stage of every (method, seed) cell, then write the report."""
+    from cslrobust.distributed import is_main
     from cslrobust.study.report import write_report
     from cslrobust.study.runner import open_store, run_study
     from cslrobust.study.spec import load_study
@@ -343,11 +360,13 @@ def study_run_command(
     def call() -> None:
         tic = time.perf_counter()
         spec = load_study(study, set_ or [])
-        typer.echo(
+        _echo(
             f"study {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds -> {spec.output_dir}"
         )
         cells = run_study(spec, progress=progress, echo=typer.echo)
         wall = time.perf_counter() - tic
+        if not is_main():  # under torchrun rank 0 writes the report
+            return
         with open_store(spec) as store:
             text, report = write_report(
                 f"Study {spec.name}",
@@ -358,8 +377,8 @@ def study_run_command(
                 contrastive=spec.contrastive_method,
                 wall_seconds=wall,
             )
-        typer.echo("\n" + text)
-        typer.echo(f"\nwall time {wall / 60:.1f} min; report: {report} (and report.html)")
+        _echo("\n" + text)
+        _echo(f"\nwall time {wall / 60:.1f} min; report: {report} (and report.html)")
 
     _guard(call)
 
@@ -385,8 +404,8 @@ def study_report_command(
                 supervised=spec.supervised_method,
                 contrastive=spec.contrastive_method,
             )
-        typer.echo(text)
-        typer.echo(f"report: {report} (and report.html)")
+        _echo(text)
+        _echo(f"report: {report} (and report.html)")
 
     _guard(call)
 
@@ -413,8 +432,8 @@ def study_status_command(
                 detail += f"; {status.state} in {status.stage}"
             if status.state == "failed" and status.error:
                 detail += f"; error: {status.error}"
-            typer.echo(f"{status.state:>11}  {cell.config.name:<40} {detail}")
-        typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+            _echo(f"{status.state:>11}  {cell.config.name:<40} {detail}")
+        _echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
     _guard(call)
 

@@ -5,6 +5,8 @@ Protocol (store :func:`protocol` with the results):
 - Each ``(corruption, severity)`` is one row ``{corruption, family, severity, accuracy, n}``; rows are
   never averaged before storing. Generated sets come from :func:`corrupted_test_set` (seeded, cached),
   so every model evaluated with the same seed sees the same corrupted images.
+- Several processes (torchrun): conditions are sharded across ranks (each generated, cached and
+  evaluated by one rank) and the counts gathered, so every rank returns all rows.
 - The predictor receives float images in [0, 1], ``(B, 3, 32, 32)``, on ``device``, inside
   ``torch.no_grad()``; putting a model in eval mode and normalising are its job.
 - :func:`summarise` gives the unweighted mean accuracy over all rows and, against a reference
@@ -24,11 +26,11 @@ from typing import TypedDict
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cslrobust.corruptions.cifar_c import load_official
 from cslrobust.corruptions.generate import GENERATOR_VERSION, corrupted_test_set
 from cslrobust.corruptions.registry import CORRUPTION_NAMES, FAMILIES, SEVERITIES
+from cslrobust.distributed import sharded_map
 
 Predict = Callable[[Tensor], Tensor]
 """Float images in [0, 1] ``(B, 3, H, W)`` -> logits ``(B, K)``."""
@@ -71,10 +73,11 @@ def official_protocol(severities: Sequence[int] = SEVERITIES, dataset: str = "ci
     )
 
 
-def _accuracy(
+def _count_correct(
     predict: Predict, images: Tensor, labels: Tensor, batch_size: int, device: torch.device
-) -> float:
-    correct = 0
+) -> Tensor:
+    """``(1, 2)`` int64 on ``device``: correct predictions and images of one condition (no sync)."""
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.no_grad():
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size].to(device).float().div_(255.0)
@@ -82,8 +85,43 @@ def _accuracy(
             logits = predict(x)
             if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"predict must return logits (B, K), got {tuple(logits.shape)}")
-            correct += int((logits.argmax(dim=1) == y).sum())
-    return correct / images.shape[0]
+            correct += (logits.argmax(dim=1) == y).sum()
+    return torch.stack([correct, torch.tensor(images.shape[0], device=device)]).view(1, 2)
+
+
+def _evaluate_conditions(
+    predict: Predict,
+    conditions: Sequence[tuple[str, int]],
+    load: Callable[[str, int], tuple[Tensor, Tensor]],
+    *,
+    batch_size: int,
+    device: torch.device,
+    progress: str | None,
+) -> list[CorruptionRow]:
+    """Rows for ``conditions``, sharded across ranks by whole conditions; every rank gets all rows.
+
+    Each ``(corruption, severity)`` is loaded (or generated and cached) and evaluated by one rank, so
+    no set is generated twice and no cache file has two writers; the counts are gathered in order.
+    """
+
+    def evaluate(position: int, condition: tuple[str, int]) -> Tensor:
+        del position
+        images, labels = load(*condition)
+        return _count_correct(predict, images, labels, batch_size, device)
+
+    if not conditions:
+        return []
+    counts = torch.cat(sharded_map(conditions, evaluate, description=progress)).tolist()
+    return [
+        CorruptionRow(
+            corruption=name,
+            family=_FAMILY.get(name, HELD_OUT_FAMILY),
+            severity=severity,
+            accuracy=correct / n,
+            n=n,
+        )
+        for (name, severity), (correct, n) in zip(conditions, counts, strict=True)
+    ]
 
 
 def _check_data(images: Tensor, labels: Tensor, batch_size: int) -> None:
@@ -128,22 +166,19 @@ def evaluate_corruptions(
         ``severities``.
     """
     _check_data(images, labels, batch_size)
-    device = torch.device(device)
-    conditions = [(name, severity) for name in names for severity in severities]
-    rows: list[CorruptionRow] = []
-    for name, severity in tqdm(conditions, desc="corruptions", disable=not progress, leave=False):
+
+    def generate(name: str, severity: int) -> tuple[Tensor, Tensor]:
         corrupted = corrupted_test_set(images, name, severity, seed=seed, cache_dir=cache_dir)
-        accuracy = _accuracy(predict, corrupted, labels, batch_size, device)
-        rows.append(
-            CorruptionRow(
-                corruption=name,
-                family=_FAMILY.get(name, HELD_OUT_FAMILY),
-                severity=severity,
-                accuracy=accuracy,
-                n=int(images.shape[0]),
-            )
-        )
-    return rows
+        return corrupted, labels
+
+    return _evaluate_conditions(
+        predict,
+        [(name, severity) for name in names for severity in severities],
+        generate,
+        batch_size=batch_size,
+        device=torch.device(device),
+        progress="corruptions" if progress else None,
+    )
 
 
 def evaluate_official(
@@ -159,21 +194,14 @@ def evaluate_official(
     """:func:`evaluate_corruptions` on the official release files in ``root`` (see :func:`load_official`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device)
-    conditions = [(name, severity) for name in names for severity in severities]
-    rows: list[CorruptionRow] = []
-    for name, severity in tqdm(conditions, desc="CIFAR-C", disable=not progress, leave=False):
-        images, labels = load_official(root, name, severity)
-        rows.append(
-            CorruptionRow(
-                corruption=name,
-                family=_FAMILY.get(name, HELD_OUT_FAMILY),
-                severity=severity,
-                accuracy=_accuracy(predict, images, labels, batch_size, device),
-                n=int(images.shape[0]),
-            )
-        )
-    return rows
+    return _evaluate_conditions(
+        predict,
+        [(name, severity) for name in names for severity in severities],
+        lambda name, severity: load_official(root, name, severity),
+        batch_size=batch_size,
+        device=torch.device(device),
+        progress="CIFAR-C" if progress else None,
+    )
 
 
 def _index(rows: Iterable[CorruptionRow], what: str) -> dict[str, dict[int, float]]:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from cslrobust.distributed import sharded_batches
+
 
 def state_snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of every parameter and buffer (BatchNorm statistics included)."""
@@ -49,20 +51,23 @@ def extract_features(
         device: Where to run.
 
     Returns:
-        Float32 features (N, F) on ``device``.
+        Float32 features (N, F) on ``device``. With several processes the batches are sharded across
+        ranks and every rank gets all N rows (in order).
 
     Shape:
         images: (N, 3, H, W); returns (N, F).
     """
     was_training = module.training
     module.eval()
+
+    def batch_features(position: int, rows: slice) -> torch.Tensor:
+        del position
+        x = images[rows].to(device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255)
+        return features_fn(x).float()
+
     try:
-        chunks = []
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size].to(device, non_blocking=True)
-            if x.dtype == torch.uint8:
-                x = x.float().div_(255)
-            chunks.append(features_fn(x).float())
-        return torch.cat(chunks)
+        return sharded_batches(images.shape[0], batch_size, batch_features)
     finally:
         module.train(was_training)

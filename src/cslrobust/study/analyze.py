@@ -2,6 +2,8 @@
 
 Writes ``analysis.json`` and PNG plots (class distance matrix, t-SNE) into the run folder. All numerics
 are in :mod:`cslrobust.geometry`; this module only runs the model to get features and perturbations.
+With several processes, feature extraction is sharded across ranks and gathered; rank 0 alone computes
+the metrics, draws the plots and writes the record, which every rank returns.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from cslrobust.attacks import AttackTarget, default_step_size, frozen_eval, pgd
 from cslrobust.augment import build_augment
+from cslrobust.distributed import on_main
 from cslrobust.geometry import (
     class_distance_matrix,
     compute_geometry,
@@ -83,38 +86,21 @@ def run_analyze(
         x01 = images.to(dev).float().div(255)
         pair = views(x01, 2)
     v1, v2 = feats(pair[: len(x01)]), feats(pair[len(x01) :])
-    record: dict[str, Any] = {
-        "name": cfg.name,
-        "objective": cfg.objective.name,
-        "run_id": cfg.run_id(),
-    }
-    metrics = compute_geometry(
-        features.cpu(), labels, logits=logits.cpu(), chunk_size=geo.chunk_size
-    )
-    metrics.update(
-        {
-            k: v
-            for k, v in compute_geometry(
-                v1.cpu(), labels, paired=v2.cpu(), chunk_size=geo.chunk_size
-            ).items()
-            if k.startswith("alignment")
-        }
-    )
-    if cfg.objective.name != "supervised":
-        z = feats(images, encoder)  # projector output
-        for key, value in compute_geometry(z.cpu(), labels, chunk_size=geo.chunk_size).items():
-            metrics[f"proj/{key}"] = value
+    z = feats(images, encoder) if cfg.objective.name != "supervised" else None  # projector output
 
     # Sensitivity under PGD and random perturbations of the same L-inf norm.
+    sensitivity: dict[str, float] = {}
     model = Classifier(encoder, head).to(dev)
     n_sens = min(geo.sensitivity_images, len(images))
     xs = images[:n_sens].to(dev).float().div(255)
     ys = labels[:n_sens].to(dev)
+    f0 = feats(xs)
     with frozen_eval(model):
         target = AttackTarget(model)
         for eps_255 in geo.sensitivity_eps:
             eps = eps_255 / 255
             steps = cfg.attack.steps
+            # One call over the sensitivity images (one random stream): every rank runs the same.
             x_adv = pgd(
                 target,
                 xs,
@@ -133,28 +119,52 @@ def run_analyze(
                     delta, "linf", make_generator(cfg.seed, "analyze_rand", eps_255, device=dev)
                 )
             ).clamp(0, 1)
-            f0 = feats(xs)
             for kind, x_pert in (("pgd", x_adv), ("random", x_rand)):
                 d = x_pert - xs
                 norms = perturbation_norms(d, "l2")
                 keep = norms > 0
                 sens = feature_sensitivity(f0[keep], feats(x_pert[keep]), norms[keep])
                 for key, value in summarize_sensitivity(sens).items():
-                    metrics[f"sensitivity_{kind}_{eps_255:g}/{key}"] = value
+                    sensitivity[f"sensitivity_{kind}_{eps_255:g}/{key}"] = value
 
-    matrix = class_distance_matrix(features.cpu(), labels, num_classes=splits.num_classes)
-    plot_distance_matrix(matrix, list(splits.classes), run_dir / "class_distances.png")
-    if tsne:
-        emb = tsne_2d(features.cpu(), seed=cfg.seed, max_points=geo.tsne_points)
-        plot_embedding(emb.xy, labels[emb.indices], list(splits.classes), run_dir / "tsne.png")
-    record.update(
-        metrics=metrics,
-        class_distance_matrix=matrix.tolist(),
-        n_images=len(images),
-        sensitivity_images=n_sens,
-        checkpoint_epoch=run.checkpoint.epoch,
-        wall_seconds=time.perf_counter() - tic,
-        **provenance(),
-    )
-    write_json_atomic(run_dir / ANALYSIS_FILE, record)
-    return record
+    def summarize_and_write() -> dict[str, Any]:
+        """Geometry metrics, plots and ``analysis.json`` from the gathered features (rank 0)."""
+        record: dict[str, Any] = {
+            "name": cfg.name,
+            "objective": cfg.objective.name,
+            "run_id": cfg.run_id(),
+        }
+        metrics = compute_geometry(
+            features.cpu(), labels, logits=logits.cpu(), chunk_size=geo.chunk_size
+        )
+        metrics.update(
+            {
+                k: v
+                for k, v in compute_geometry(
+                    v1.cpu(), labels, paired=v2.cpu(), chunk_size=geo.chunk_size
+                ).items()
+                if k.startswith("alignment")
+            }
+        )
+        if z is not None:
+            for key, value in compute_geometry(z.cpu(), labels, chunk_size=geo.chunk_size).items():
+                metrics[f"proj/{key}"] = value
+        metrics.update(sensitivity)
+        matrix = class_distance_matrix(features.cpu(), labels, num_classes=splits.num_classes)
+        plot_distance_matrix(matrix, list(splits.classes), run_dir / "class_distances.png")
+        if tsne:
+            emb = tsne_2d(features.cpu(), seed=cfg.seed, max_points=geo.tsne_points)
+            plot_embedding(emb.xy, labels[emb.indices], list(splits.classes), run_dir / "tsne.png")
+        record.update(
+            metrics=metrics,
+            class_distance_matrix=matrix.tolist(),
+            n_images=len(images),
+            sensitivity_images=n_sens,
+            checkpoint_epoch=run.checkpoint.epoch,
+            wall_seconds=time.perf_counter() - tic,
+            **provenance(),
+        )
+        write_json_atomic(run_dir / ANALYSIS_FILE, record)
+        return record
+
+    return on_main(summarize_and_write)

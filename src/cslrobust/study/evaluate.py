@@ -4,6 +4,10 @@ Everything attacks the composite model (normalise -> backbone -> probe head) in 
 inputs, on one fixed test subset. The gates run with every evaluation and are stored with the numbers;
 a failed gate is printed first and marked in every report that uses the number. Output: one JSON record
 (``evaluation.json``) with every number, the gates and the protocol, plus sweep plots.
+
+With several processes (torchrun) every evaluation is sharded across ranks and gathered (see
+:mod:`cslrobust.distributed`), so each runs once; rank 0 alone writes the plots and the record, and
+every rank returns the same record.
 """
 
 from __future__ import annotations
@@ -27,13 +31,14 @@ from cslrobust.attacks import (
     sweep,
 )
 from cslrobust.config import EvaluationConfig
+from cslrobust.distributed import on_main
 from cslrobust.errors import ConfigError
 from cslrobust.models import Classifier
 from cslrobust.provenance import provenance
-from cslrobust.study.stages import PROBE_WEIGHTS, eval_subset, load_run
+from cslrobust.study.stages import PROBE_WEIGHTS, eval_subset, load_run, publish
 from cslrobust.study.store import pack_bits
 from cslrobust.training import load_weights
-from cslrobust.training.checkpoint import read_metadata, write_json_atomic
+from cslrobust.training.checkpoint import read_metadata
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -181,12 +186,16 @@ def run_evaluate(
     )
     timings["gates"] = time.perf_counter() - t0
 
-    plots = []
-    for norm, _ in budgets:
-        path = run_dir / f"sweep_{norm}.png"
-        curves = {cfg.name: [r for r in sweep_rows if r.norm == norm]}
-        plot_sweep(curves, path, norm)  # type: ignore[arg-type]
-        plots.append(path.name)
+    def draw_plots() -> list[str]:
+        names = []
+        for norm, _ in budgets:
+            path = run_dir / f"sweep_{norm}.png"
+            curves = {cfg.name: [r for r in sweep_rows if r.norm == norm]}
+            plot_sweep(curves, path, norm)  # type: ignore[arg-type]
+            names.append(path.name)
+        return names
+
+    plots = on_main(draw_plots)
     record: dict[str, Any] = {
         "name": cfg.name,
         "objective": cfg.objective.name,
@@ -233,8 +242,7 @@ def run_evaluate(
         "wall_seconds": time.perf_counter() - tic,
         **provenance(),
     }
-    write_json_atomic(run_dir / EVALUATION_FILE, record)
-    return record
+    return publish(run_dir / EVALUATION_FILE, record)
 
 
 def _corruptions(

@@ -9,19 +9,34 @@ moment and started again finishes the study with no duplicated and no lost rows.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from cslrobust.config import RunConfig, canonical_hash
+from cslrobust.distributed import is_main, on_main
 from cslrobust.provenance import git_sha
 from cslrobust.study.analyze import run_analyze
 from cslrobust.study.evaluate import run_evaluate
 from cslrobust.study.spec import StudySpec, expand_study, method_of
-from cslrobust.study.stages import CHECKPOINT_DIR, run_attack, run_probe, run_train
+from cslrobust.study.stages import (
+    CHECKPOINT_DIR,
+    on_this_process,
+    run_attack,
+    run_probe,
+    run_train,
+)
 from cslrobust.study.store import ResultsStore, sqlite_path
 from cslrobust.training import list_checkpoints
+
+T = TypeVar("T")
+
+
+def _silent(message: str) -> None:
+    """Echo of the ranks other than 0 (they run the same stages quietly)."""
+
 
 STAGES = ("train", "probe", "attack", "analyze", "evaluate", "epochs")
 
@@ -153,35 +168,52 @@ def run_study(
 
     cells = study_cells(spec)
     failures: list[str] = []
-    with open_store(spec) as store:
+    if cells:  # under torchrun: start the process group before deciding who talks to the store
+        on_this_process(cells[0].config)
+    main = is_main()
+    if not main:  # under torchrun: every rank runs the stages, rank 0 alone talks to the store
+        echo = _silent
+    with open_store(spec) if main else contextlib.nullcontext() as opened:
+
+        def on_store(call: Callable[[ResultsStore], T]) -> T:
+            return on_main(lambda: call(cast(ResultsStore, opened)))
+
         for cell in cells:
-            store.register_cell(
-                cell.cell_id,
-                spec.name,
-                cell.method,
-                cell.config.seed,
-                cell.config.model_dump(mode="json"),
+            on_store(
+                lambda store, cell=cell: store.register_cell(
+                    cell.cell_id,
+                    spec.name,
+                    cell.method,
+                    cell.config.seed,
+                    cell.config.model_dump(mode="json"),
+                )
             )
         for i, cell in enumerate(cells, start=1):
             cfg = cell.config
             label = f"[{i}/{len(cells)}] {cfg.name}"
-            done = store.completed_stages(cell.cell_id)
+            done = on_store(lambda store, cell=cell: store.completed_stages(cell.cell_id))
             pending = [s for s, key in cell.stages.items() if key not in done]
             if not pending:
                 echo(f"{label}: done, skipped")
-                store.mark_done(cell.cell_id)
+                on_store(lambda store, cell=cell: store.mark_done(cell.cell_id))
                 continue
             try:
                 for stage in pending:
                     tic = time.perf_counter()
                     echo(f"{label}: {stage} ...")
-                    store.mark_running(cell.cell_id, stage)
+                    on_store(lambda store, c=cell, s=stage: store.mark_running(c.cell_id, s))
                     rows = _run_stage(stage, cfg, progress)
-                    store.commit_stage(cell.cell_id, cell.stages[stage], rows, git_sha())
+                    on_store(
+                        lambda store, c=cell, s=stage, r=rows: store.commit_stage(
+                            c.cell_id, c.stages[s], r, git_sha()
+                        )
+                    )
                     echo(f"{label}: {stage} done in {time.perf_counter() - tic:.0f} s")
-                store.mark_done(cell.cell_id)
+                on_store(lambda store, cell=cell: store.mark_done(cell.cell_id))
             except CslRobustError as err:
-                store.mark_failed(cell.cell_id, stage, str(err))
+                on_store(
+                    lambda store, c=cell, s=stage, e=err: store.mark_failed(c.cell_id, s, str(e))
+                )
                 echo(f"{label}: {stage} FAILED: {err}")
                 failures.append(f"{cfg.name}: {err}")
     if failures:

@@ -15,6 +15,7 @@ The CLI, the demo and tests call these same functions.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import time
@@ -29,6 +30,7 @@ from cslrobust.attacks import default_step_size, robust_accuracy
 from cslrobust.augment import AugmentParams, build_augment
 from cslrobust.config import RunConfig, load_saved_config, save_config
 from cslrobust.data import DataSplits, build_datasets, default_data_root
+from cslrobust.distributed import barrier, context, init_distributed, is_main, main_first, on_main
 from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.models import Classifier, Encoder, build_encoder
 from cslrobust.objectives import OBJECTIVES, HeadKind, Objective, build_objective
@@ -51,6 +53,7 @@ from cslrobust.training import (
     latest_checkpoint,
     load_weights,
     save_weights,
+    steps_per_epoch,
     train,
     warmup_cosine,
 )
@@ -67,16 +70,17 @@ CHECKPOINT_DIR = "checkpoints"
 def load_data(cfg: RunConfig) -> DataSplits:
     """Build the train/val/test splits of a run on its device."""
     data = cfg.data
-    return build_datasets(
-        data.name,
-        root=data.root or default_data_root(),
-        source=data.source,
-        train_per_class=data.train_per_class,
-        val_per_class=data.val_per_class,
-        seed=cfg.seed,
-        device=cfg.device,
-        download=data.download,
-    )
+    with main_first():  # rank 0 downloads and decodes into the cache; the others then read it
+        return build_datasets(
+            data.name,
+            root=data.root or default_data_root(),
+            source=data.source,
+            train_per_class=data.train_per_class,
+            val_per_class=data.val_per_class,
+            seed=cfg.seed,
+            device=cfg.device,
+            download=data.download,
+        )
 
 
 def build_run_objective(cfg: RunConfig) -> Objective:
@@ -131,6 +135,15 @@ class LoadedRun:
     splits: DataSplits
 
 
+def on_this_process(cfg: RunConfig) -> RunConfig:
+    """``cfg`` on this process's device; under torchrun this starts the process group first.
+
+    With CUDA each torchrun process takes ``cuda:LOCAL_RANK``; the run id does not depend on it.
+    """
+    _, device = init_distributed(cfg.device)
+    return cfg if device == cfg.device else cfg.model_copy(update={"device": device})
+
+
 def load_run(run_dir: Path, *, epoch: int | None = None, device: str | None = None) -> LoadedRun:
     """Load a run's config, data splits and encoder weights (latest checkpoint or ``epoch``).
 
@@ -141,6 +154,7 @@ def load_run(run_dir: Path, *, epoch: int | None = None, device: str | None = No
     cfg = load_saved_config(run_dir / CONFIG_FILE)
     if device is not None:
         cfg = cfg.model_copy(update={"device": device})
+    cfg = on_this_process(cfg)
     root = run_dir / CHECKPOINT_DIR
     checkpoint = find_checkpoint(root, epoch) if epoch is not None else latest_checkpoint(root)
     if checkpoint is None:
@@ -160,6 +174,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         ConfigError: If the run folder already holds checkpoints of this config and ``resume`` is off,
             or holds a different config (never overwritten).
     """
+    cfg = on_this_process(cfg)
     run_dir = cfg.run_dir
     config_path = run_dir / CONFIG_FILE
     checkpoint_dir = run_dir / CHECKPOINT_DIR
@@ -174,7 +189,10 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
             raise ConfigError(
                 f"run folder {str(run_dir)!r} already has checkpoints; pass --resume to continue"
             )
-    save_config(cfg, config_path)
+    barrier()  # every rank has checked the folder before rank 0 writes into it
+    main = is_main()
+    if main:
+        save_config(cfg, config_path)
 
     tic = time.perf_counter()
     splits = load_data(cfg)
@@ -185,17 +203,21 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     make_views = build_augment(cfg.augment.kind, params).to(cfg.device)
     tr = cfg.train
     optimizer = build_sgd(
-        encoder, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay, nesterov=tr.nesterov
+        encoder,
+        lr=tr.peak_lr(),
+        momentum=tr.momentum,
+        weight_decay=tr.weight_decay,
+        nesterov=tr.nesterov,
     )
-    steps_per_epoch = splits.train.num_batches(tr.batch_size, tr.drop_last)
-    if steps_per_epoch == 0:
+    n_steps = steps_per_epoch(splits.train, tr.batch_size, tr.drop_last)
+    if n_steps == 0:
         raise ConfigError(
             f"train.batch_size={tr.batch_size} exceeds the {len(splits.train)} training images"
         )
     schedule = warmup_cosine(
-        tr.lr,
-        tr.epochs * steps_per_epoch,
-        warmup_steps=round(tr.warmup_epochs * steps_per_epoch),
+        tr.peak_lr(),
+        tr.epochs * n_steps,
+        warmup_steps=round(tr.warmup_epochs * n_steps),
         min_ratio=tr.min_lr_ratio,
     )
     settings = LoopSettings(
@@ -208,9 +230,13 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         keep_every=tr.keep_every,
         channels_last=cfg.model.channels_last,
         progress=progress,
+        precision=tr.precision,
+        compile=tr.compile,
+        sync_batchnorm=tr.sync_batchnorm,
     )
     metadata = {"config": json.dumps(cfg.model_dump(mode="json")), "run_id": cfg.run_id()}
-    with MetricLog(run_dir, tensorboard=tr.tensorboard) as log:
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(MetricLog(run_dir, tensorboard=tr.tensorboard)) if main else None
         result = train(
             encoder,
             objective,
@@ -231,12 +257,16 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         "epochs": result.epochs_completed,
         "resumed_from": result.resumed_from,
         "train_images": len(splits.train),
+        "processes": context().world_size,
+        "peak_lr": tr.peak_lr(),
         "history": result.history,
         "checkpoint": str(result.checkpoint.path) if result.checkpoint else None,
         "wall_seconds": time.perf_counter() - tic,
         **provenance(),
     }
-    write_json_atomic(run_dir / TRAIN_FILE, summary)
+    if main:
+        write_json_atomic(run_dir / TRAIN_FILE, summary)
+    barrier()
     return summary
 
 
@@ -254,7 +284,11 @@ def run_probe(
     progress: bool = True,
     tag: str = "",
 ) -> dict[str, Any]:
-    """Fit the linear probe on frozen features of a trained run; write ``probe<tag>.json`` and weights."""
+    """Fit the linear probe on frozen features of a trained run; write ``probe<tag>.json`` and weights.
+
+    With several processes, feature extraction is sharded across ranks; rank 0 alone fits the head
+    (seconds on cached features) and writes the files, and every rank returns its record.
+    """
     del progress  # the probe trains on cached features in seconds
     tic = time.perf_counter()
     run = load_run(run_dir, epoch=epoch, device=device)
@@ -268,43 +302,62 @@ def run_probe(
         )
 
     f_train, f_val, f_test = (features(s.images) for s in (splits.train, splits.val, splits.test))
-    result = train_linear_probe(
-        f_train,
-        splits.train.labels,
-        f_val,
-        splits.val.labels,
-        num_classes=splits.num_classes,
-        epochs=cfg.probe.epochs,
-        lr=cfg.probe.lr,
-        weight_decay=cfg.probe.weight_decay,
-        batch_size=batch,
-        seed=cfg.seed,
-    )
     assert_frozen(encoder, reference)
-    head = result.head
-    record: dict[str, Any] = {
-        "run_id": cfg.run_id(),
-        "name": cfg.name,
-        "objective": cfg.objective.name,
-        "checkpoint_epoch": run.checkpoint.epoch,
-        "best_epoch": result.best_epoch,
-        "val_accuracy": result.best_val_accuracy,
-        "train_accuracy": accuracy(head, f_train, splits.train.labels),
-        "test_accuracy": accuracy(head, f_test, splits.test.labels),
-        "n_test": len(splits.test),
-        "history": result.history,
-    }
-    if run.config.objective.name == "supervised":
-        # The supervised model's own classifier, evaluated through the same frozen features.
-        record["own_head_test_accuracy"] = accuracy(encoder.head, f_test, splits.test.labels)
-        record["own_head_val_accuracy"] = accuracy(encoder.head, f_val, splits.val.labels)
-    record["wall_seconds"] = time.perf_counter() - tic
-    record.update(provenance())
-    save_weights(
-        head, run_dir / tagged(PROBE_WEIGHTS, tag), {"checkpoint_epoch": str(run.checkpoint.epoch)}
-    )
-    write_json_atomic(run_dir / tagged(PROBE_FILE, tag), record)
-    return record
+
+    def fit_and_write() -> dict[str, Any]:
+        result = train_linear_probe(
+            f_train,
+            splits.train.labels,
+            f_val,
+            splits.val.labels,
+            num_classes=splits.num_classes,
+            epochs=cfg.probe.epochs,
+            lr=cfg.probe.lr,
+            weight_decay=cfg.probe.weight_decay,
+            batch_size=batch,
+            seed=cfg.seed,
+        )
+        head = result.head
+        record: dict[str, Any] = {
+            "run_id": cfg.run_id(),
+            "name": cfg.name,
+            "objective": cfg.objective.name,
+            "checkpoint_epoch": run.checkpoint.epoch,
+            "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_val_accuracy,
+            "train_accuracy": accuracy(head, f_train, splits.train.labels),
+            "test_accuracy": accuracy(head, f_test, splits.test.labels),
+            "n_test": len(splits.test),
+            "history": result.history,
+        }
+        if run.config.objective.name == "supervised":
+            # The supervised model's own classifier, evaluated through the same frozen features.
+            record["own_head_test_accuracy"] = accuracy(encoder.head, f_test, splits.test.labels)
+            record["own_head_val_accuracy"] = accuracy(encoder.head, f_val, splits.val.labels)
+        record["wall_seconds"] = time.perf_counter() - tic
+        record.update(provenance())
+        save_weights(
+            head,
+            run_dir / tagged(PROBE_WEIGHTS, tag),
+            {"checkpoint_epoch": str(run.checkpoint.epoch)},
+        )
+        write_json_atomic(run_dir / tagged(PROBE_FILE, tag), record)
+        return record
+
+    return on_main(fit_and_write)
+
+
+def publish(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write a stage's JSON ``record`` on rank 0 only; every rank returns rank 0's record.
+
+    When this returns, the file exists for every rank (the broadcast orders them like a barrier).
+    """
+
+    def write() -> dict[str, Any]:
+        write_json_atomic(path, record)
+        return record
+
+    return on_main(write)
 
 
 def eval_subset(labels: torch.Tensor, n_images: int | None) -> torch.Tensor:
@@ -430,5 +483,4 @@ def run_attack(
         "wall_seconds": time.perf_counter() - tic,
         **provenance(),
     }
-    write_json_atomic(run_dir / tagged(ATTACK_FILE, tag), record)
-    return record
+    return publish(run_dir / tagged(ATTACK_FILE, tag), record)

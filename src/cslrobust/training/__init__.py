@@ -8,7 +8,13 @@ from cslrobust.training.checkpoint import (
     load_weights,
     save_weights,
 )
-from cslrobust.training.loop import LoopSettings, TrainResult, train
+from cslrobust.training.loop import (
+    LoopSettings,
+    TrainResult,
+    rank_batch_size,
+    steps_per_epoch,
+    train,
+)
 from cslrobust.training.metric_log import MetricLog
 from cslrobust.training.optim import build_sgd
 from cslrobust.training.schedules import warmup_cosine
@@ -23,7 +29,9 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_weights",
+    "rank_batch_size",
     "save_weights",
+    "steps_per_epoch",
     "train",
     "warmup_cosine",
 ]

@@ -16,13 +16,23 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from cslrobust.errors import CheckpointError, TrainingDivergedError
+from cslrobust.distributed import (
+    barrier,
+    context,
+    convert_global_batchnorm,
+    gather_equal,
+    gather_rows,
+    gather_with_grad,
+    rank_seed_keys,
+)
+from cslrobust.errors import CheckpointError, ConfigError, TrainingDivergedError
 from cslrobust.objectives import (
     Objective,
     load_objective_state,
@@ -75,9 +85,22 @@ class TrainData(Protocol):
 ViewFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
+Precision = Literal["fp32", "bf16"]
+
+
 @dataclass(frozen=True)
 class LoopSettings:
-    """Plain settings of :func:`train` (built from ``TrainConfig`` by the caller)."""
+    """Plain settings of :func:`train` (built from ``TrainConfig`` by the caller).
+
+    Attributes:
+        batch_size: The global batch: with ``W`` ranks each rank draws ``batch_size / W`` images and
+            the objective sees all ``batch_size`` (gathered), exactly as one process would.
+        precision: ``"bf16"`` runs the encoder's forward pass under bf16 autocast; the objective
+            always computes in float32.
+        compile: ``torch.compile`` the model used for the training steps.
+        sync_batchnorm: With several ranks, BatchNorm uses the statistics of the global batch
+            (:class:`~cslrobust.distributed.GlobalBatchNorm2d`); no effect in one process.
+    """
 
     epochs: int
     batch_size: int
@@ -88,8 +111,30 @@ class LoopSettings:
     keep_every: int = 0
     channels_last: bool = False
     progress: bool = True
-    rank: int = 0
-    world_size: int = 1
+    precision: Precision = "fp32"
+    compile: bool = False
+    sync_batchnorm: bool = True
+
+
+def rank_batch_size(batch_size: int) -> int:
+    """Images per rank for the global ``batch_size``.
+
+    Raises:
+        ConfigError: If the number of ranks does not divide ``batch_size``.
+    """
+    world_size = context().world_size
+    if batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is not divisible by the {world_size} processes; "
+            f"expected a multiple of {world_size}"
+        )
+    return batch_size // world_size
+
+
+def steps_per_epoch(data: TrainData, batch_size: int, drop_last: bool) -> int:
+    """Optimiser steps per epoch for the global ``batch_size`` over the current ranks."""
+    world_size = context().world_size
+    return data.num_batches(rank_batch_size(batch_size), drop_last, world_size)
 
 
 @dataclass
@@ -111,13 +156,22 @@ def embed_dataset(model: nn.Module, data: TrainData, batch_size: int) -> torch.T
     """
     was_training = model.training
     model.eval()
+    ctx = context()
     try:
         index_chunks, out_chunks = [], []
-        for batch in data.batches(batch_size, shuffle=False, generator=None, drop_last=False):
+        # Each rank embeds its share; the rows are gathered so every rank holds the whole bank.
+        for batch in data.batches(
+            batch_size,
+            shuffle=False,
+            generator=None,
+            drop_last=False,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+        ):
             index_chunks.append(batch.index)
             out_chunks.append(model(batch.images))
-        index = torch.cat(index_chunks)
-        out = torch.cat(out_chunks)
+        index = gather_rows(torch.cat(index_chunks))
+        out = gather_rows(torch.cat(out_chunks))
         bank = torch.empty_like(out)
         bank[index] = out
         return bank
@@ -176,12 +230,14 @@ def train(
         CheckpointError: If resuming from an incompatible checkpoint.
     """
     device = next(model.parameters()).device
-    steps_per_epoch = data.num_batches(settings.batch_size, settings.drop_last, settings.world_size)
-    if steps_per_epoch == 0:
+    ctx = context()
+    local_batch = rank_batch_size(settings.batch_size)
+    n_steps = steps_per_epoch(data, settings.batch_size, settings.drop_last)
+    if n_steps == 0:
         raise CheckpointError(
             f"batch_size={settings.batch_size} exceeds the training set; expected a smaller batch"
         )
-    total_steps = settings.epochs * steps_per_epoch
+    total_steps = settings.epochs * n_steps
     if lr_schedule.numel() != total_steps:
         raise ValueError(f"lr_schedule has {lr_schedule.numel()} steps, expected {total_steps}")
 
@@ -202,6 +258,7 @@ def train(
                 f"checkpoint at epoch {start_epoch} is past train.epochs={settings.epochs}"
             )
     result.epochs_completed = start_epoch
+    step_model = _step_model(model, settings, device)
 
     n_views = objective.n_views
     for epoch in range(start_epoch, settings.epochs):
@@ -223,32 +280,31 @@ def train(
         seen = 0
         tic = time.perf_counter()
         bar = tqdm(
-            total=steps_per_epoch,
+            total=n_steps,
             desc=f"epoch {epoch + 1}/{settings.epochs}",
-            disable=not settings.progress or settings.rank != 0,
+            disable=not settings.progress or not ctx.is_main,
             leave=False,
             dynamic_ncols=True,
         )
-        with rng_scope(derive_seed(settings.seed, "augment", epoch), device):
+        # Each rank augments its own images: per-rank augmentation streams (none added in one process).
+        augment_seed = derive_seed(
+            settings.seed, "augment", epoch, *rank_seed_keys(ctx.world_size, ctx.rank)
+        )
+        with rng_scope(augment_seed, device):
             batches = data.batches(
-                settings.batch_size,
+                local_batch,
                 shuffle=True,
                 generator=data_gen,
                 drop_last=settings.drop_last,
-                rank=settings.rank,
-                world_size=settings.world_size,
+                rank=ctx.rank,
+                world_size=ctx.world_size,
             )
             for batch in batches:
-                global_step = epoch * steps_per_epoch + step_in_epoch
+                global_step = epoch * n_steps + step_in_epoch
                 set_lr(optimizer, float(lr_schedule[global_step]))
-                views = make_views(batch.images, n_views)  # (V*B, 3, H, W)
-                if settings.channels_last:
-                    views = views.contiguous(memory_format=torch.channels_last)
-                outputs = model(views)  # (V*B, D)
-                outputs = outputs.view(n_views, batch.images.shape[0], -1)  # (V, B, D)
-                out = objective(
-                    outputs, batch.index, batch.labels, generator=objective_gen, epoch=epoch
-                )
+                outputs, index, labels = _forward(step_model, make_views, batch, n_views, settings)
+                # Every rank evaluates the objective on the same global batch (same generator).
+                out = objective(outputs, index, labels, generator=objective_gen, epoch=epoch)
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 optimizer.step()
@@ -258,7 +314,7 @@ def train(
                     value = torch.as_tensor(value, device=device, dtype=torch.float32).detach()
                     sums[key] = sums[key] + value if key in sums else value.clone()
                 step_in_epoch += 1
-                seen += batch.images.shape[0]
+                seen += index.shape[0]
                 bar.update(1)
                 # Fetching the loss syncs host and device: only every ``log_every`` steps.
                 if step_in_epoch % settings.log_every == 0:
@@ -269,7 +325,7 @@ def train(
         _check_finite(sums["loss"], epoch, step_in_epoch, result.checkpoint)
         elapsed = time.perf_counter() - tic
         epoch_metrics = {k: float(v) / step_in_epoch for k, v in sums.items()}
-        epoch_metrics["lr"] = float(lr_schedule[(epoch + 1) * steps_per_epoch - 1])
+        epoch_metrics["lr"] = float(lr_schedule[(epoch + 1) * n_steps - 1])
         epoch_metrics["images_per_s"] = seen * n_views / elapsed
         epoch_metrics["epoch_seconds"] = elapsed
         epoch_metrics.update({f"bank/{k}": float(v) for k, v in bank_metrics.items()})
@@ -277,10 +333,10 @@ def train(
         if metric_log is not None:
             metric_log.log(epoch + 1, epoch_metrics, prefix="train/")
 
-        if settings.rank == 0:
+        if ctx.is_main:  # one rank writes; every rank resumes from it
             state = {
                 "epoch": epoch + 1,
-                "global_step": (epoch + 1) * steps_per_epoch,
+                "global_step": (epoch + 1) * n_steps,
                 "optimizer": optimizer.state_dict(),
                 "history": result.history,
                 "rng_cpu": torch.get_rng_state(),
@@ -296,7 +352,54 @@ def train(
                 keep_last=settings.keep_last,
                 keep_every=settings.keep_every,
             )
+        barrier()
+        if not ctx.is_main:
+            result.checkpoint = latest_checkpoint(checkpoint_dir)
         result.epochs_completed = epoch + 1
         for hook in epoch_hooks:
             hook(epoch + 1, epoch_metrics)
     return result
+
+
+def _step_model(model: nn.Module, settings: LoopSettings, device: torch.device) -> nn.Module:
+    """The module the steps call: ``model`` with global BN and DDP across ranks, maybe compiled.
+
+    ``model`` itself stays the one whose weights are checkpointed (DDP and ``torch.compile`` wrap it,
+    sharing its parameters); global BN swaps layers in place with the same parameter names.
+    """
+    step_model = model
+    if context().world_size > 1:
+        if settings.sync_batchnorm:
+            convert_global_batchnorm(model)
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if settings.compile:
+        step_model = torch.compile(step_model)
+    return step_model
+
+
+def _forward(
+    model: nn.Module, make_views: ViewFn, batch: BatchLike, n_views: int, settings: LoopSettings
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Augment this rank's images, run the model, and gather the global batch from every rank.
+
+    Returns:
+        Head outputs (float32, view-major, with gradients flowing back to their rank), instance ids
+        and labels of the global batch; in one process exactly this rank's.
+
+    Shape:
+        - outputs: ``(V, B, D)`` with ``B`` the global batch
+        - index, labels: ``(B,)``
+    """
+    views = make_views(batch.images, n_views)  # (V*b, 3, H, W)
+    if settings.channels_last:
+        views = views.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(views.device.type, torch.bfloat16, enabled=settings.precision == "bf16"):
+        outputs = model(views)  # (V*b, D)
+    outputs = outputs.float().view(n_views, batch.images.shape[0], -1)  # (V, b, D)
+    outputs = gather_with_grad(outputs, dim=1)  # (V, B, D)
+    # Collectives need the backend's device (NCCL: CUDA): ids travel with the outputs.
+    index = gather_equal(batch.index.to(outputs.device))
+    labels = gather_equal(batch.labels.to(outputs.device))
+    return outputs, index, labels

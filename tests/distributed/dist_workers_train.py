@@ -1,0 +1,159 @@
+"""Worker functions of the multi-process training tests (imported by name in spawned processes).
+
+Each function runs identically in one process (no process group: every collective is the identity)
+and in each rank of a gloo group, so the parent compares the same code in both settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cslrobust.data import TensorImageDataset
+from cslrobust.distributed import context, convert_global_batchnorm
+from cslrobust.models import build_encoder
+from cslrobust.objectives import build_objective
+from cslrobust.training import LoopSettings, build_sgd, train, warmup_cosine
+from cslrobust.training.loop import _forward, _step_model
+
+GLOBAL_BATCH = 8
+N_CLASSES = 3
+OBJECTIVES = {
+    "simclr": {},
+    "supcon": {},
+    "simclr_fnr": {"detector": "oracle", "mode": "eliminate"},
+}
+
+
+def fixed_views(images: torch.Tensor, n_views: int) -> torch.Tensor:
+    """Deterministic "augmentation": view k is the image flipped k times and shifted in brightness."""
+    views = [images.flip(-1) if v % 2 else images for v in range(n_views)]
+    return torch.cat([(view * (1 - 0.1 * v)).clamp(0, 1) for v, view in enumerate(views)])
+
+
+def encoder(head_kind: str = "projector", seed: int = 0) -> torch.nn.Module:
+    """A small CIFAR ResNet-18 with BatchNorm everywhere (width 8, no channels_last)."""
+    torch.manual_seed(seed)
+    return build_encoder(
+        "resnet18",
+        width=8,
+        head_kind=head_kind,
+        num_classes=N_CLASSES,
+        proj_hidden_dim=32,
+        proj_dim=16,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        channels_last=False,
+    )
+
+
+def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images in [0,1], labels (with repeats, so supcon and the oracle have work) and instance ids."""
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(GLOBAL_BATCH, 3, 16, 16, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 1, 2, 0])
+    index = torch.arange(GLOBAL_BATCH) + 100
+    return images, labels, index
+
+
+class _Batch:
+    def __init__(self, index: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.index, self.images, self.labels = index, images, labels
+
+
+def loss_and_grads(rank: int, world_size: int, objective_name: str) -> dict[str, torch.Tensor]:
+    """One training step's loss and parameter gradients on the fixed global batch.
+
+    Rank ``r`` of ``W`` takes the ``r``-th contiguous slice; the loop's forward gathers the global
+    batch, DDP averages the gradients and global BatchNorm uses the statistics of all ranks.
+    """
+    objective = build_objective(objective_name, **OBJECTIVES[objective_name])
+    model = encoder(objective.head_kind)
+    settings = LoopSettings(epochs=1, batch_size=GLOBAL_BATCH, seed=0, progress=False)
+    step_model = _step_model(model, settings, torch.device("cpu"))
+    images, labels, index = global_batch()
+    per_rank = GLOBAL_BATCH // world_size
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    batch = _Batch(index[mine], images[mine], labels[mine])
+    model.train()
+    outputs, g_index, g_labels = _forward(
+        step_model, fixed_views, batch, objective.n_views, settings
+    )
+    generator = torch.Generator().manual_seed(5)
+    out = objective(outputs, g_index, g_labels, generator=generator, epoch=0)
+    out.loss.backward()
+    grads = {
+        name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None
+    }
+    buffers = {f"buffer/{name}": b.detach().clone() for name, b in model.named_buffers()}
+    return {"loss": out.loss.detach(), **grads, **buffers}
+
+
+def batchnorm_step(rank: int, world_size: int) -> dict[str, torch.Tensor]:
+    """Global BatchNorm on this rank's slice of a fixed (8, 4, 5, 5) batch: output slice and grads."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(8, 4, 5, 5, generator=g) * 3 + 1
+    weights = torch.randn(8, 4, 5, 5, generator=g)
+    bn = torch.nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.copy_(torch.linspace(0.5, 2.0, 4))
+        bn.bias.copy_(torch.linspace(-1.0, 1.0, 4))
+    bn = convert_global_batchnorm(bn).train()
+    per_rank = 8 // world_size
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    x_mine = x[mine].clone().requires_grad_(True)
+    out = bn(x_mine)
+    # The rank's share of a global loss (the sum of the ranks' losses is the 1-process loss).
+    (out * weights[mine]).sum().backward()
+    return {
+        "out": out.detach(),
+        "x_grad": x_mine.grad.detach(),
+        "weight_grad": bn.weight.grad.detach(),
+        "bias_grad": bn.bias.grad.detach(),
+        "running_mean": bn.running_mean.clone(),
+        "running_var": bn.running_var.clone(),
+    }
+
+
+def train_run(
+    rank: int, world_size: int, folder: str, epochs: int, resume: bool
+) -> dict[str, torch.Tensor]:
+    """``train()`` on a tiny data set with deterministic views; returns the final weights."""
+    del rank
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g)
+    labels = torch.arange(16) % N_CLASSES
+    data = TensorImageDataset(images, labels)
+    objective = build_objective("simclr_fnr", detector="oracle")
+    model = encoder(objective.head_kind)
+    optimizer = build_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    settings = LoopSettings(
+        epochs=epochs, batch_size=GLOBAL_BATCH, seed=3, log_every=1, progress=False
+    )
+    steps = data.num_batches(GLOBAL_BATCH // world_size, True, world_size) * epochs
+    result = train(
+        model,
+        objective,
+        fixed_views,
+        data,
+        optimizer,
+        warmup_cosine(0.05, steps, warmup_steps=1),
+        Path(folder),
+        settings,
+        resume=resume,
+    )
+    assert context().world_size == world_size
+    return {
+        "epochs": torch.tensor(result.epochs_completed),
+        "loss": torch.tensor([h["loss"] for h in result.history]),
+        **{k: v.detach().clone() for k, v in model.state_dict().items()},
+    }
+
+
+def batch_of(rank: int, world_size: int, batch_size: int) -> int:
+    """The per-rank batch for a global ``batch_size`` (raises when the ranks do not divide it)."""
+    from cslrobust.training import rank_batch_size
+
+    del rank, world_size
+    return rank_batch_size(batch_size)
