@@ -57,3 +57,13 @@ def test_deep_merge():
         "a": {"b": 3, "c": 2},
         "d": 1,
     }
+
+
+def test_report_folder_defaults_to_output_dir_and_resolves_report_dir(tmp_path: Path):
+    path = tmp_path / "study.yaml"
+    path.write_text(STUDY)
+    assert load_study(path).report_folder == (tmp_path / "out").resolve()
+    path.write_text(STUDY.replace("output_dir: out", "output_dir: out\nreport_dir: out/other"))
+    spec = load_study(path)
+    assert spec.report_folder == (tmp_path / "out" / "other").resolve()
+    assert spec.output_dir == (tmp_path / "out").resolve()  # cells stay shared

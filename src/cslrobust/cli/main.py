@@ -372,7 +372,7 @@ def study_run_command(
                 f"Study {spec.name}",
                 cells,
                 store,
-                spec.output_dir,
+                spec.report_folder,
                 supervised=spec.supervised_method,
                 contrastive=spec.contrastive_method,
                 wall_seconds=wall,
@@ -400,7 +400,7 @@ def study_report_command(
                 f"Study {spec.name}",
                 study_cells(spec),
                 store,
-                spec.output_dir,
+                spec.report_folder,
                 supervised=spec.supervised_method,
                 contrastive=spec.contrastive_method,
             )

@@ -382,8 +382,20 @@ def detector_table(res: StudyResults) -> Table | None:
         for key in FN_KEYS:
             last = res.values(method, f"train/{key}", epoch=last_epoch)
             line.append(_fmt(last))
-        line.append(_fmt(res.values(method, "train/fn_precision")))
-        line.append(_fmt(res.values(method, "train/fn_recall")))
+        active = _active_epochs(res, method)
+        for key in ("fn_precision", "fn_recall"):
+            line.append(
+                _fmt(
+                    [
+                        float(r["value"])
+                        for r in res.rows
+                        if r["method"] == method
+                        and r["metric"] == f"train/{key}"
+                        and r["value"] is not None
+                        and (r["seed"], int(r["epoch"])) in active
+                    ]
+                )
+            )
         rows.append(line)
     return Table(
         "False-negative detection quality (%)",
@@ -394,14 +406,28 @@ def detector_table(res: StudyResults) -> Table | None:
             "F1",
             "removed",
             "true FN share",
-            "precision (all epochs)",
-            "recall (all epochs)",
+            "precision (active epochs)",
+            "recall (active epochs)",
         ],
         rows,
-        "Against true labels, per training step, averaged per epoch; first five columns: last epoch. "
+        "Against true labels, per training step, averaged per epoch; first five columns: last epoch; "
+        "'active epochs': the epochs in which the detector removed something (warm-up epochs, where "
+        "nothing is removed and precision is 1 by convention, are left out). "
         "'removed': fraction of negatives removed; 'true FN share': fraction of negatives that share the "
         "anchor's class.",
     )
+
+
+def _active_epochs(res: StudyResults, method: str) -> set[tuple[Any, int]]:
+    """(seed, epoch) pairs in which ``method``'s detector removed a non-zero fraction of negatives."""
+    return {
+        (r["seed"], int(r["epoch"]))
+        for r in res.rows
+        if r["method"] == method
+        and r["metric"] == "train/fn_removed_fraction"
+        and r["value"] is not None
+        and float(r["value"]) > 0
+    }
 
 
 def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:

@@ -42,6 +42,9 @@ class StudySpec(BaseModel):
 
     name: str
     output_dir: Path = Path("runs")
+    # Where report.md/.html, results.csv/.json and plots go (default: output_dir). Studies that share
+    # an output_dir (to reuse its cells) set their own, so one report does not overwrite another.
+    report_dir: Path | None = None
     storage: str | None = None  # results database URL; default sqlite:///<output_dir>/results.db
     seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
     stages: tuple[Literal["train", "probe", "attack", "analyze", "evaluate"], ...] = (
@@ -57,6 +60,11 @@ class StudySpec(BaseModel):
     contrastive_method: str = "simclr"  # the CSL reference
     base: dict[str, Any] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
+
+    @property
+    def report_folder(self) -> Path:
+        """Folder of the report files: ``report_dir``, else ``output_dir``."""
+        return self.report_dir or self.output_dir
 
     @field_validator("methods")
     @classmethod
@@ -101,7 +109,12 @@ def load_study(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
     source = base.get("data", {}).get("source") if isinstance(base.get("data"), dict) else None
     if source and not Path(source).is_absolute():
         base["data"]["source"] = str(folder / source)
-    spec = spec.model_copy(update={"output_dir": output_dir, "base": base})
+    report_dir = spec.report_dir
+    if report_dir is not None and not report_dir.is_absolute():
+        report_dir = (folder / report_dir).resolve()
+    spec = spec.model_copy(
+        update={"output_dir": output_dir, "report_dir": report_dir, "base": base}
+    )
     expand_study(spec)  # validate every cell now, before anything runs
     return spec
 
