@@ -5,9 +5,9 @@
 #   2. prints nvidia-smi and the torch/CUDA versions;
 #   3. (a) pytest -m gpu tests (per-test timeout);
 #      (b) benchmarks/throughput.py --mode gpu-epoch: s/epoch of SimCLR ResNet-18 w64 on CIFAR-10,
-#          fp32 / bf16 / bf16+channels_last / bf16+channels_last+compile;
+#          fp32 / bf16+channels_last with kornia or simclr_fast views / + torch.compile;
 #      (c) end to end through the CLI on the real data: train 2 epochs (SimCLR, width 64, batch 512,
-#          bf16) -> probe -> evaluate --suite quick --n-images 500, all on cuda.
+#          bf16, simclr_fast views) -> probe -> evaluate --suite quick --n-images 500, all on cuda.
 # Every step runs under `timeout`, capped by what is left of TOTAL_BUDGET_S, and one failing step
 # does not stop the others. Everything printed goes to $OUT/gpu_check.log; the run's JSON records
 # are copied to $OUT. Usage (device tool: carry .whl and data_carry):
@@ -23,7 +23,7 @@ WHEELS=${WHEELS:-.whl}
 SITE=${SITE:-/tmp/site}
 TOTAL_BUDGET_S=${TOTAL_BUDGET_S:-420}
 RUNS=${RUNS:-/tmp/cslrobust-gpu-runs}
-E2E_SETS=${E2E_SETS:--s model.width=64 -s model.channels_last=true -s train.batch_size=512 -s train.precision=bf16}
+E2E_SETS=${E2E_SETS:--s model.width=64 -s model.channels_last=true -s train.batch_size=512 -s train.precision=bf16 -s augment.kind=simclr_fast}
 LOG=$OUT/gpu_check.log
 
 export PYTHONUNBUFFERED=1

@@ -16,8 +16,9 @@ timed: ``--warmup-epochs`` (default 1; includes cuDNN autotuning and ``torch.com
 then the mean of ``--timed-epochs`` (default 2) is reported, both by the loop's own clock (ends with
 the epoch's loss fetch, a host-device sync; excludes the checkpoint) and by wall clock between epoch
 ends (``torch.cuda.synchronize`` then a host clock; includes the checkpoint write). Variants (comma
-list, ``--variants``): ``fp32``, ``fp32-cl``, ``bf16``, ``bf16-cl``, ``bf16-cl-compile`` (``cl``:
-channels_last). The real data is read from ``--data-source`` (the offline ``cifar10-jpeg.tar.gz``,
+list, ``--variants``): ``fp32``, ``fp32-cl``, ``bf16``, ``bf16-cl``, ``bf16-cl-compile``,
+``bf16-cl-fast``, ``bf16-cl-fast-compile`` (``cl``: channels_last; ``fast``: the ``simclr_fast`` views
+instead of kornia's ``simclr``). The real data is read from ``--data-source`` (the offline ``cifar10-jpeg.tar.gz``,
 decoded once into ``$CSLROBUST_DATA``); without it, random uint8 images of the same shape are used
 (same arithmetic, meaningless loss). Reference points printed beside the table: lightly's published
 SimCLR ResNet-18 CIFAR-10 benchmark (batch 512: 331.1 min for 800 epochs = 24.8 s/epoch, 87.1 min for
@@ -27,7 +28,7 @@ so "A6000" for these numbers is our reading, not theirs) and this project's targ
 bandwidth)::
 
     python benchmarks/throughput.py --mode gpu-epoch [--data-source cifar10-jpeg.tar.gz] \\
-        [--variants fp32,bf16,bf16-cl,bf16-cl-compile] [--warmup-epochs 1] [--timed-epochs 2]
+        [--variants fp32,bf16-cl,bf16-cl-fast,bf16-cl-fast-compile] [--warmup-epochs 1] [--timed-epochs 2]
 
 ``--mode gpu-breakdown`` (one CUDA GPU): median milliseconds of one SimCLR step's parts at batch 512
 (model forward+backward+SGD on fixed views; each augmentation preset alone; the full step with each),
@@ -376,8 +377,9 @@ def run_gpu_epoch_mode(args: argparse.Namespace) -> None:
         f"loaded in {time.perf_counter() - tic:.1f} s"
     )
     print(
-        f"SimCLR, ResNet-18 width {args.width}, global batch {args.batch}, 2 views, kornia views on "
-        f"GPU; {args.warmup_epochs} warm-up epoch(s) excluded, mean of {args.timed_epochs} timed"
+        f"SimCLR, ResNet-18 width {args.width}, global batch {args.batch}, 2 views made on the GPU "
+        f"(kornia, or simclr_fast for '-fast' variants); {args.warmup_epochs} warm-up epoch(s) "
+        f"excluded, mean of {args.timed_epochs} timed"
     )
     rows: dict[str, dict[str, float] | str] = {}
     start = time.perf_counter()
@@ -577,6 +579,7 @@ def _multiproc_worker(
             keep_last=1,
             channels_last=True,
             progress=False,
+            sync_batchnorm=cfg["sync_batchnorm"],
         )
         result = train(
             encoder,
@@ -634,11 +637,12 @@ def run_multiproc_mode(args: argparse.Namespace) -> None:
         "batch": args.batch or 256,
         "timed_epochs": args.timed_epochs or 1,
         "timeout_s": 1800,
+        "sync_batchnorm": not args.no_sync_bn,
     }
     print(
         f"SimCLR, ResNet-18 width {cfg['width']}, {cfg['images']} random images, global batch "
         f"{cfg['batch']}, CPU gloo, {cores} cores, torch {torch.__version__}; 1 warm-up epoch, "
-        f"{cfg['timed_epochs']} timed"
+        f"{cfg['timed_epochs']} timed; global BatchNorm {'on' if cfg['sync_batchnorm'] else 'off'}"
     )
     runs: dict[int, list[tuple[float, float, int]]] = {1: [], args.nproc: []}
     for _ in range(args.repeats or 1):
@@ -687,7 +691,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants",
-        default="fp32,bf16,bf16-cl,bf16-cl-compile",
+        default="fp32,bf16-cl,bf16-cl-fast,bf16-cl-fast-compile",
         help=f"gpu-epoch: comma list of {', '.join(VARIANTS)}",
     )
     parser.add_argument("--warmup-epochs", type=int, default=1, help="gpu-epoch: untimed epochs")
@@ -704,6 +708,9 @@ def main() -> None:
         "--no-cudnn-benchmark", action="store_true", help="gpu-epoch: leave cuDNN autotuning off"
     )
     parser.add_argument("--nproc", type=int, default=2, help="multiproc: processes to compare")
+    parser.add_argument(
+        "--no-sync-bn", action="store_true", help="multiproc: per-process BatchNorm statistics"
+    )
     parser.add_argument("--images", type=int, default=2048, help="multiproc: training images")
     args = parser.parse_args()
     if args.mode == "loop":
