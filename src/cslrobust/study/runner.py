@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from cslrobust.config import RunConfig, canonical_hash
 from cslrobust.distributed import is_main, on_main
@@ -31,7 +31,42 @@ from cslrobust.study.stages import (
 from cslrobust.study.store import ResultsStore, sqlite_path
 from cslrobust.training import list_checkpoints
 
-T = TypeVar("T")
+
+class _StoreOnMain:
+    """The runner's store calls, made on rank 0 only; every rank gets rank 0's answer.
+
+    In one process this is the store itself. Under torchrun only rank 0 opens the database
+    (``store`` is None elsewhere); the broadcast in :func:`on_main` also keeps the ranks in step.
+    """
+
+    def __init__(self, store: ResultsStore | None) -> None:
+        self._store = store
+
+    def _main(self) -> ResultsStore:
+        assert self._store is not None, "the results store is open on rank 0 only"
+        return self._store
+
+    def register_cell(self, cell: Cell, study: str) -> None:
+        cfg = cell.config
+        config = cfg.model_dump(mode="json")
+        on_main(
+            lambda: self._main().register_cell(cell.cell_id, study, cell.method, cfg.seed, config)
+        )
+
+    def completed_stages(self, cell_id: str) -> set[str]:
+        return on_main(lambda: self._main().completed_stages(cell_id))
+
+    def mark_running(self, cell_id: str, stage: str) -> None:
+        on_main(lambda: self._main().mark_running(cell_id, stage))
+
+    def commit_stage(self, cell_id: str, key: str, rows: list[dict[str, Any]]) -> None:
+        on_main(lambda: self._main().commit_stage(cell_id, key, rows, git_sha()))
+
+    def mark_done(self, cell_id: str) -> None:
+        on_main(lambda: self._main().mark_done(cell_id))
+
+    def mark_failed(self, cell_id: str, stage: str, error: str) -> None:
+        on_main(lambda: self._main().mark_failed(cell_id, stage, error))
 
 
 def _silent(message: str) -> None:
@@ -174,46 +209,29 @@ def run_study(
     if not main:  # under torchrun: every rank runs the stages, rank 0 alone talks to the store
         echo = _silent
     with open_store(spec) if main else contextlib.nullcontext() as opened:
-
-        def on_store(call: Callable[[ResultsStore], T]) -> T:
-            return on_main(lambda: call(cast(ResultsStore, opened)))
-
+        store = _StoreOnMain(opened)
         for cell in cells:
-            on_store(
-                lambda store, cell=cell: store.register_cell(
-                    cell.cell_id,
-                    spec.name,
-                    cell.method,
-                    cell.config.seed,
-                    cell.config.model_dump(mode="json"),
-                )
-            )
+            store.register_cell(cell, spec.name)
         for i, cell in enumerate(cells, start=1):
             cfg = cell.config
             label = f"[{i}/{len(cells)}] {cfg.name}"
-            done = on_store(lambda store, cell=cell: store.completed_stages(cell.cell_id))
+            done = store.completed_stages(cell.cell_id)
             pending = [s for s, key in cell.stages.items() if key not in done]
             if not pending:
                 echo(f"{label}: done, skipped")
-                on_store(lambda store, cell=cell: store.mark_done(cell.cell_id))
+                store.mark_done(cell.cell_id)
                 continue
             try:
                 for stage in pending:
                     tic = time.perf_counter()
                     echo(f"{label}: {stage} ...")
-                    on_store(lambda store, c=cell, s=stage: store.mark_running(c.cell_id, s))
+                    store.mark_running(cell.cell_id, stage)
                     rows = _run_stage(stage, cfg, progress)
-                    on_store(
-                        lambda store, c=cell, s=stage, r=rows: store.commit_stage(
-                            c.cell_id, c.stages[s], r, git_sha()
-                        )
-                    )
+                    store.commit_stage(cell.cell_id, cell.stages[stage], rows)
                     echo(f"{label}: {stage} done in {time.perf_counter() - tic:.0f} s")
-                on_store(lambda store, cell=cell: store.mark_done(cell.cell_id))
+                store.mark_done(cell.cell_id)
             except CslRobustError as err:
-                on_store(
-                    lambda store, c=cell, s=stage, e=err: store.mark_failed(c.cell_id, s, str(e))
-                )
+                store.mark_failed(cell.cell_id, stage, str(err))
                 echo(f"{label}: {stage} FAILED: {err}")
                 failures.append(f"{cfg.name}: {err}")
     if failures:
