@@ -42,7 +42,6 @@ __all__ = [
     "DistContext",
     "GlobalBatchNorm1d",
     "GlobalBatchNorm2d",
-    "all_reduce_sum",
     "barrier",
     "broadcast_object",
     "context",
@@ -174,15 +173,6 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def all_reduce_sum(tensor: Tensor) -> Tensor:
-    """Sum of ``tensor`` over ranks, as a new tensor (no gradient)."""
-    if not _active():
-        return tensor.clone()
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
 
 
 class _GatherWithGrad(torch.autograd.Function):

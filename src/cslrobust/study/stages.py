@@ -190,9 +190,8 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
                 f"run folder {str(run_dir)!r} already has checkpoints; pass --resume to continue"
             )
     barrier()  # every rank has checked the folder before rank 0 writes into it
+    on_main(lambda: save_config(cfg, config_path))
     main = is_main()
-    if main:
-        save_config(cfg, config_path)
 
     tic = time.perf_counter()
     splits = load_data(cfg)
@@ -264,10 +263,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         "wall_seconds": time.perf_counter() - tic,
         **provenance(),
     }
-    if main:
-        write_json_atomic(run_dir / TRAIN_FILE, summary)
-    barrier()
-    return summary
+    return publish(run_dir / TRAIN_FILE, summary)
 
 
 def tagged(name: str, tag: str) -> str:
