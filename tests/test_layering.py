@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cslrobust"
-FOUNDATION = {"errors", "registry", "seeding", "provenance", "distributed"}
+FOUNDATION = {"errors", "registry", "seeding", "provenance", "distributed", "records"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "registry": {"errors"},
     "seeding": set(),
     "provenance": set(),
     "distributed": {"errors"},
-    "config": {"errors"},
+    "records": {"errors"},
+    "config": {"errors", "records"},
     "data": {"errors", "registry", "seeding"},
     "augment": {"errors", "registry"},
     "models": {"errors", "registry"},

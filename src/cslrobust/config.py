@@ -11,16 +11,81 @@ into plain typed arguments.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cslrobust.errors import ConfigError
+
+#: Largest L-inf radius accepted as a bare number. Radii used to be written in units of 1/255
+#: (``eps_linf: [0.5, 1, 2, 4]``); such values are all above this bound, so an old file is rejected
+#: with a hint instead of being read as fractions 127x too large.
+BARE_LINF_MAX = 0.1
+
+
+def parse_linf_radius(value: object) -> float:
+    """An L-inf radius as a fraction of the [0,1] pixel range, from ``"8/255"`` or a number.
+
+    A bare number is a fraction (``0.0314``) and must not exceed :data:`BARE_LINF_MAX`; larger radii
+    are written as ``"k/255"``, computed as ``k / 255`` (the same float as ``k / 255.0``).
+
+    Raises:
+        ValueError: If ``value`` is neither, or the radius lies outside [0, 1].
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}")
+    if isinstance(value, int | float):
+        eps, slash = float(value), ""
+    elif isinstance(value, str):
+        num, slash, den = value.strip().partition("/")
+        try:
+            eps = float(num) / float(den) if slash else float(num)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}"
+            ) from None
+    else:
+        raise ValueError(f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}")
+    if not slash and eps > BARE_LINF_MAX:
+        raise ValueError(
+            f"bare radius {value!r} is above {BARE_LINF_MAX}; radii are fractions of the [0,1] "
+            f"range: write '{eps:g}/255' if you meant units of 1/255"
+        )
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"L-inf radius {value!r} = {eps:g} lies outside [0, 1]")
+    return eps
+
+
+def format_linf_radius(eps: float) -> str:
+    """``"8/255"`` when that string parses back to exactly ``eps``, else the fraction (``"0.0314"``)."""
+    for text in (f"{round(eps * 255, 6):g}/255", repr(float(eps)), f"{eps * 255!r}/255"):
+        with contextlib.suppress(ValueError):
+            if parse_linf_radius(text) == eps:
+                return text
+    return f"{eps * 255!r}/255"  # off the grid above BARE_LINF_MAX: within one float rounding
+
+
+#: An L-inf radius: parsed once at the edge into a fraction; saved configs write it back as "k/255".
+LinfRadius = Annotated[
+    float,
+    BeforeValidator(parse_linf_radius),
+    PlainSerializer(format_linf_radius, return_type=str, when_used="json"),
+]
 
 
 class _Section(BaseModel):
@@ -216,11 +281,12 @@ class ProbeConfig(_Section):
 class AttackConfig(_Section):
     """Attacks on the whole model (normalise -> backbone -> probe head), eval mode, [0,1] inputs.
 
-    ``eps_linf`` is in units of 1/255; ``eps_l2`` is an absolute L2 radius in [0,1] pixel space.
+    ``eps_linf`` radii are fractions of the [0,1] range, written ``"8/255"`` or ``0.0314``; ``eps_l2``
+    is an absolute L2 radius in [0,1] pixel space. ``attacks`` are names in the attack registry.
     """
 
-    attacks: tuple[Literal["fgsm", "pgd"], ...] = ("fgsm", "pgd")
-    eps_linf: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    eps_linf: tuple[LinfRadius, ...] = (0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
     eps_l2: tuple[float, ...] = ()
     steps: int = Field(default=10, ge=0)
     step_size: float | None = Field(
@@ -243,12 +309,14 @@ class AttackConfig(_Section):
             )
         return self
 
-    @field_validator("eps_linf")
+    @field_validator("attacks")
     @classmethod
-    def _linf_range(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        for eps in value:
-            if not 0.0 <= eps <= 255.0:
-                raise ValueError(f"eps {eps} (in 1/255) outside [0, 255]")
+    def _known_attacks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from cslrobust.attacks import ATTACKS
+
+        for name in value:
+            if name not in ATTACKS:
+                raise ValueError(f"unknown attack {name!r}; expected one of {ATTACKS.names()}")
         return value
 
     @field_validator("eps_l2")
@@ -264,24 +332,24 @@ class EvaluationConfig(_Section):
     """The trustworthy evaluation suite of ``cslrobust evaluate`` (issue 3).
 
     ``quick``: clean + FGSM/PGD L-inf sweeps + sanity gates. ``standard``: also L2 sweeps, AutoAttack
-    (reference implementation), FAB minimal perturbations and the 75 common corruptions. Radii are in
-    1/255 for L-inf and absolute for L2.
+    (reference implementation), FAB minimal perturbations and the 75 common corruptions. L-inf radii are
+    fractions (``"8/255"``), L2 radii absolute.
     """
 
     suite: Literal["quick", "standard"] = "standard"
     n_images: int | None = Field(default=1000, gt=0, description="fixed test subset; all if null")
     batch_size: int = Field(default=256, gt=0)
-    eps_linf: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    eps_linf: tuple[LinfRadius, ...] = (0.25 / 255, 0.5 / 255, 1 / 255, 2 / 255, 4 / 255, 8 / 255)
     eps_l2: tuple[float, ...] = (0.05, 0.1, 0.25, 0.5)
-    large_eps_linf: float = Field(default=16.0, gt=0.0, description="gradient-masking gate radius")
+    large_eps_linf: LinfRadius = Field(default=16 / 255, description="gradient-masking gate radius")
     steps: int = Field(default=10, ge=1)
     relative_step_size: float | None = Field(default=None, gt=0.0)
     restarts: int = Field(default=1, ge=1)
-    convergence_eps_linf: float = Field(default=1.0, gt=0.0)
+    convergence_eps_linf: LinfRadius = 1 / 255
     convergence_restarts: int = Field(default=5, ge=1)
     autoattack_version: Literal["standard", "plus", "custom"] = "standard"
     autoattack_attacks: tuple[str, ...] | None = None
-    autoattack_eps_linf: tuple[float, ...] = (1.0,)
+    autoattack_eps_linf: tuple[LinfRadius, ...] = (1 / 255,)
     autoattack_eps_l2: tuple[float, ...] = ()
     fab_images: int = Field(default=200, ge=0)
     fab_n_iter: int = Field(default=100, ge=1)
@@ -296,6 +364,13 @@ class EvaluationConfig(_Section):
             if not 1 <= s <= 5:
                 raise ValueError(f"severity {s} outside 1..5")
         return value
+
+    @model_validator(mode="after")
+    def _positive_radii(self) -> EvaluationConfig:
+        for key in ("large_eps_linf", "convergence_eps_linf"):
+            if getattr(self, key) <= 0.0:
+                raise ValueError(f"{key} must be a positive radius, e.g. '16/255'")
+        return self
 
     @model_validator(mode="after")
     def _custom_needs_attacks(self) -> EvaluationConfig:
@@ -313,14 +388,19 @@ class GeometryConfig(_Section):
         default=2000, gt=0, description="test images for the metrics; all if null"
     )
     sensitivity_images: int = Field(default=200, gt=0)
-    sensitivity_eps: tuple[float, ...] = (1.0, 4.0)  # in 1/255, L-inf
+    sensitivity_eps: tuple[LinfRadius, ...] = (1 / 255, 4 / 255)  # L-inf
     tsne_points: int = Field(default=1000, ge=4)
     chunk_size: int = Field(default=2048, gt=0)
+
+
+#: Version of the saved config layout. 1 (no ``config_version`` key): L-inf radii in units of 1/255.
+CONFIG_VERSION = 2
 
 
 class RunConfig(_Section):
     """Everything that defines one trained model and its evaluation."""
 
+    config_version: Literal[2] = CONFIG_VERSION
     name: str = "run"
     output_dir: Path = Path("runs")
     seed: int = Field(default=0, ge=0)
@@ -481,8 +561,57 @@ def save_config(config: BaseModel, path: Path) -> None:
     tmp.replace(path)
 
 
+#: The L-inf radii of version-1 configs, which were numbers in units of 1/255.
+_V1_LINF_FIELDS = {
+    "attack": ("eps_linf",),
+    "evaluation": (
+        "eps_linf",
+        "large_eps_linf",
+        "convergence_eps_linf",
+        "autoattack_eps_linf",
+    ),
+    "geometry": ("sensitivity_eps",),
+}
+
+
+def section_identity(cfg: RunConfig, section: str) -> dict[str, Any]:
+    """A config section as stage keys hash it: L-inf radii in units of 1/255, as in layout 1.
+
+    Hashing the earlier layout keeps the stage keys of studies run before the radii became fractions,
+    so their attack, analyze and evaluate results stay valid.
+    """
+    data: dict[str, Any] = getattr(cfg, section).model_dump(mode="python")
+    for key in _V1_LINF_FIELDS.get(section, ()):
+        value = data[key]
+        if isinstance(value, tuple | list):
+            data[key] = [round(v * 255, 9) for v in value]
+        else:
+            data[key] = round(value * 255, 9)
+    return json.loads(json.dumps(data, default=str))
+
+
+def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in the current layout: version-1 radii (units of 1/255) become ``"k/255"``."""
+    if "config_version" in data:
+        return data
+    data = json.loads(json.dumps(data))
+
+    def to_radius(value: Any) -> Any:
+        return f"{float(value)!r}/255" if isinstance(value, int | float) else value
+
+    for section, keys in _V1_LINF_FIELDS.items():
+        for key in keys:
+            value = data.get(section, {}).get(key)
+            if isinstance(value, list):
+                data[section][key] = [to_radius(v) for v in value]
+            elif value is not None:
+                data[section][key] = to_radius(value)
+    data["config_version"] = CONFIG_VERSION
+    return data
+
+
 def load_saved_config(path: Path) -> RunConfig:
-    """Load a config saved by :func:`save_config`."""
+    """Load a config saved by :func:`save_config` (any earlier layout is upgraded first)."""
     if not path.is_file():
         raise ConfigError(
             f"no saved config at {str(path)!r}; expected a run folder made by 'train'"
@@ -491,4 +620,6 @@ def load_saved_config(path: Path) -> RunConfig:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"saved config {str(path)!r} is not valid JSON: {err.msg}") from None
-    return build_run_config(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"saved config {str(path)!r} must hold a JSON object")
+    return build_run_config(upgrade_saved_config(data))

@@ -34,8 +34,26 @@ def test_user_errors_are_one_line_with_exit_code_2(args, fragment, tmp_path: Pat
 
 
 def test_attack_rejects_bad_eps_list(tmp_path: Path):
-    result = runner.invoke(app, ["attack", str(tmp_path), "--eps", "1,two"])
-    assert result.exit_code == 2 and "--eps '1,two'" in result.output
+    from cslrobust.config import RunConfig, save_config
+
+    save_config(RunConfig(), tmp_path / "config.json")
+    result = runner.invoke(app, ["attack", str(tmp_path), "--eps", "1/255,two"])
+    assert result.exit_code == 2, result.output
+    assert "attack.eps_linf.1='two'" in result.output and "'8/255'" in result.output
+    old_units = runner.invoke(app, ["attack", str(tmp_path), "--eps", "2"])
+    assert old_units.exit_code == 2 and "write '2/255'" in old_units.output
+
+
+def test_run_folder_commands_reject_overrides_of_the_trained_model(tmp_path: Path):
+    from cslrobust.config import RunConfig, save_config
+
+    save_config(RunConfig(), tmp_path / "config.json")
+    before = (tmp_path / "config.json").read_bytes()
+    for command in ("probe", "attack", "evaluate", "analyze"):
+        result = runner.invoke(app, [command, str(tmp_path), "--set", "train.epochs=3"])
+        assert result.exit_code == 2, (command, result.output)
+        assert "changes the trained model's section 'train'" in result.output
+    assert (tmp_path / "config.json").read_bytes() == before
 
 
 def test_python_dash_m_entry_point_shows_help():

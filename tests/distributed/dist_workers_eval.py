@@ -205,19 +205,21 @@ def stages_once(run_dir: Path) -> dict[str, Any]:
     """The records of probe, attack, evaluate (a tiny standard suite) and analyze on a trained run."""
     from cslrobust.config import EvaluationConfig
     from cslrobust.study.analyze import run_analyze
+    from cslrobust.study.attack import run_attack
     from cslrobust.study.evaluate import run_evaluate
-    from cslrobust.study.stages import run_attack, run_probe
+    from cslrobust.study.probe import run_probe
+    from cslrobust.study.run_folder import run_settings
 
     evaluation = EvaluationConfig(
         n_images=40,
         batch_size=16,
-        eps_linf=(1.0, 2.0),
+        eps_linf=("1/255", "2/255"),
         eps_l2=(0.25,),
         steps=2,
         convergence_restarts=2,
         autoattack_version="custom",
         autoattack_attacks=("apgd-ce",),
-        autoattack_eps_linf=(2.0,),
+        autoattack_eps_linf=("2/255",),
         fab_images=10,
         fab_n_iter=5,
         corruptions=("gaussian_noise",),
@@ -227,7 +229,11 @@ def stages_once(run_dir: Path) -> dict[str, Any]:
     records = {
         "probe": run_probe(run_dir, progress=False),
         "attack": run_attack(run_dir, progress=False),
-        "evaluate": run_evaluate(run_dir, evaluation=evaluation, progress=False),
+        "evaluate": run_evaluate(
+            run_dir,
+            config=run_settings(run_dir).model_copy(update={"evaluation": evaluation}),
+            progress=False,
+        ),
         "analyze": run_analyze(run_dir, progress=False, tsne=False),
     }
     return json.loads(json.dumps(records))  # as written to disk (plain types, e.g. torch's version)

@@ -160,7 +160,7 @@ def _without(record: Any, keys: frozenset[str]) -> Any:
 @pytest.mark.slow
 def test_stages_in_two_processes_write_once_and_equal_one_process(tmp_path: Path):
     from cslrobust.config import build_run_config
-    from cslrobust.study.stages import run_train
+    from cslrobust.study.train import run_train
 
     conftest = importlib.util.spec_from_file_location(
         "study_conftest", Path(__file__).parents[1] / "study" / "conftest.py"
@@ -183,8 +183,8 @@ def test_stages_in_two_processes_write_once_and_equal_one_process(tmp_path: Path
             "model": {"width": 8, "proj_hidden_dim": 32, "proj_dim": 16, "channels_last": False},
             "train": {"epochs": 1, "batch_size": 32, "tensorboard": False},
             "probe": {"epochs": 3, "batch_size": 32},
-            "attack": {"eps_linf": [0, 2], "steps": 2, "n_images": 40, "batch_size": 16},
-            "geometry": {"n_images": 40, "sensitivity_images": 20, "sensitivity_eps": [2]},
+            "attack": {"eps_linf": [0, "2/255"], "steps": 2, "n_images": 40, "batch_size": 16},
+            "geometry": {"n_images": 40, "sensitivity_images": 20, "sensitivity_eps": ["2/255"]},
         }
     )
     with one_thread():

@@ -16,8 +16,8 @@ base:
   model: {{width: 8, channels_last: false}}
   train: {{epochs: 2, batch_size: 64, lr: 0.1, tensorboard: false}}
   probe: {{epochs: 10}}
-  attack: {{attacks: [fgsm, pgd], eps_linf: [0, 1, 8], steps: 3, n_images: 100}}
-  geometry: {{n_images: 200, sensitivity_images: 50, sensitivity_eps: [1], tsne_points: 100}}
+  attack: {{attacks: [fgsm, pgd], eps_linf: [0, 1/255, 8/255], steps: 3, n_images: 100}}
+  geometry: {{n_images: 200, sensitivity_images: 50, sensitivity_eps: [1/255], tsne_points: 100}}
 methods:
   supervised: {{objective: {{name: supervised}}}}
   simclr: {{objective: {{name: simclr}}}}
@@ -78,7 +78,7 @@ def test_tiny_study_end_to_end(tmp_path: Path, cifar10_jpeg: Path):
     # The single-stage commands work on a run folder too (attack with another budget).
     (simclr_dir,) = out.glob("simclr-s0-*")
     again = _cli(
-        "attack", str(simclr_dir), "--eps", "2", "--attack", "pgd", "--no-progress", env=env
+        "attack", str(simclr_dir), "--eps", "2/255", "--attack", "pgd", "--no-progress", env=env
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert "eps    2/255" in again.stdout

@@ -20,8 +20,8 @@ base:
   model: {{width: 8, channels_last: false}}
   train: {{epochs: 2, batch_size: 32, lr: 0.1, tensorboard: false}}
   probe: {{epochs: 5}}
-  attack: {{attacks: [fgsm, pgd], eps_linf: [0, 2], steps: 3, n_images: 60, batch_size: 16}}
-  geometry: {{n_images: 100, sensitivity_images: 20, sensitivity_eps: [1], tsne_points: 50}}
+  attack: {{attacks: [fgsm, pgd], eps_linf: [0, 2/255], steps: 3, n_images: 60, batch_size: 16}}
+  geometry: {{n_images: 100, sensitivity_images: 20, sensitivity_eps: [1/255], tsne_points: 50}}
 methods:
   supervised: {{objective: {{name: supervised}}}}
   simclr_oracle: {{objective: {{name: simclr_fnr, fn: {{detector: oracle, mode: eliminate}}}}}}

@@ -17,7 +17,7 @@ base:
   model: {{width: 8, proj_hidden_dim: 32, proj_dim: 16, channels_last: false}}
   train: {{epochs: {epochs}, batch_size: 32, lr: 0.05, tensorboard: false, log_every: 1}}
   probe: {{epochs: 5, batch_size: 32}}
-  attack: {{eps_linf: [0, 2], steps: 2, n_images: 40, batch_size: 40}}
+  attack: {{eps_linf: [0, 2/255], steps: 2, n_images: 40, batch_size: 40}}
 methods:
   supervised: {{objective: {{name: supervised}}}}
   simclr: {{objective: {{name: simclr}}}}

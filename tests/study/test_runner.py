@@ -116,7 +116,7 @@ def test_sigkill_then_rerun_completes_without_duplicates_or_losses(synthetic_stu
 EVAL_OVERRIDES = [
     "stages=[train,probe,evaluate]",
     "methods={supervised: {objective: {name: supervised}}, simclr: {objective: {name: simclr}}}",
-    "base.evaluation={n_images: 24, batch_size: 24, eps_linf: [1, 4], eps_l2: [0.1], steps: 2, "
+    "base.evaluation={n_images: 24, batch_size: 24, eps_linf: [1/255, 4/255], eps_l2: [0.1], steps: 2, "
     "convergence_restarts: 2, autoattack_version: custom, autoattack_attacks: [apgd-ce], fab_images: 8, "
     "fab_n_iter: 5, corruptions: [gaussian_noise, fog], severities: [1, 5], corruption_images: 24}",
 ]

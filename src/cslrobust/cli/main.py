@@ -60,13 +60,25 @@ def _echo(message: str = "", **kwargs: Any) -> None:
         typer.echo(message, **kwargs)
 
 
-def _floats(text: str | None, flag: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise CslRobustError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
+def _list(text: str | None) -> list[str] | None:
+    """``"8/255, 4/255"`` -> ``["8/255", "4/255"]`` (values are validated by the config)."""
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _overrides(set_: list[str] | None, shorthands: dict[str, Any]) -> list[str]:
+    """``--set`` overrides followed by those of the shorthand flags given (which win).
+
+    Every command has one override mechanism: ``--set key.sub=value``. A shorthand flag is the
+    override of one key; lists are written as JSON, which the override parser reads as YAML.
+    """
+    import json
+
+    extra = [
+        f"{key}={json.dumps(value) if isinstance(value, list) else value}"
+        for key, value in shorthands.items()
+        if value is not None
+    ]
+    return [*(set_ or []), *extra]
 
 
 SetOption = Annotated[
@@ -109,20 +121,22 @@ def train_command(
 ) -> None:
     """Train one encoder; writes checkpoints, config.json and train.json into the run folder."""
     from cslrobust.config import load_run_config
-    from cslrobust.study.stages import run_train
+    from cslrobust.study.train import run_train
 
-    flags: dict[str, Any] = {
-        "name": name,
-        "output_dir": output_dir,
-        "objective.name": objective,
-        "train.epochs": epochs,
-        "seed": seed,
-        "device": device,
-        "data.root": data_root,
-        "data.source": data_source,
-        "data.train_per_class": train_per_class,
-    }
-    overrides = list(set_ or []) + [f"{k}={v}" for k, v in flags.items() if v is not None]
+    overrides = _overrides(
+        set_,
+        {
+            "name": name,
+            "output_dir": output_dir,
+            "objective.name": objective,
+            "train.epochs": epochs,
+            "seed": seed,
+            "device": device,
+            "data.root": data_root,
+            "data.source": data_source,
+            "data.train_per_class": train_per_class,
+        },
+    )
 
     def call() -> None:
         cfg = load_run_config(config, overrides)
@@ -143,14 +157,17 @@ def probe_command(
     epoch: Annotated[
         int | None, typer.Option(help="Probe this epoch's checkpoint (default: latest).")
     ] = None,
+    set_: SetOption = None,
     device: DeviceOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Fit a linear probe on frozen features; writes probe.json and probe.safetensors."""
-    from cslrobust.study.stages import run_probe
+    from cslrobust.study.probe import run_probe
+    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
-        record = run_probe(run_dir, epoch=epoch, device=device, progress=progress)
+        config = run_settings(run_dir, _overrides(set_, {"device": device}))
+        record = run_probe(run_dir, epoch=epoch, config=config, progress=progress)
         line = (
             f"probe (epoch {record['checkpoint_epoch']}): val {record['val_accuracy']:.4f} "
             f"(best probe epoch {record['best_epoch']}), test {record['test_accuracy']:.4f}"
@@ -167,7 +184,8 @@ def attack_command(
     run_dir: Annotated[Path, typer.Argument(help="Run folder with a probe.")],
     attack: Annotated[str | None, typer.Option(help="Comma-separated attacks: fgsm,pgd.")] = None,
     eps: Annotated[
-        str | None, typer.Option(help="L-inf radii in units of 1/255, e.g. 0.5,1,2,4.")
+        str | None,
+        typer.Option(help="L-inf radii as fractions or k/255, e.g. 0.5/255,1/255,8/255."),
     ] = None,
     eps_l2: Annotated[
         str | None, typer.Option(help="L2 radii in [0,1] pixel units, e.g. 0.1,0.25.")
@@ -180,31 +198,29 @@ def attack_command(
     head: Annotated[
         str | None, typer.Option(help="probe (default) or own (supervised model's classifier).")
     ] = None,
+    set_: SetOption = None,
     device: DeviceOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Attack normalise -> backbone -> head in eval mode; writes attack.json."""
-    from cslrobust.study.stages import run_attack
+    from cslrobust.study.attack import run_attack
+    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
-        overrides: dict[str, Any] = {}
-        if attack is not None:
-            overrides["attacks"] = [a.strip() for a in attack.split(",") if a.strip()]
-        for key, value in (
-            ("eps_linf", _floats(eps, "--eps")),
-            ("eps_l2", _floats(eps_l2, "--eps-l2")),
-        ):
-            if value is not None:
-                overrides[key] = value
-        for key, value in (
-            ("steps", steps),
-            ("restarts", restarts),
-            ("n_images", n_images),
-            ("head", head),
-        ):
-            if value is not None:
-                overrides[key] = value
-        record = run_attack(run_dir, overrides=overrides, device=device, progress=progress)
+        overrides = _overrides(
+            set_,
+            {
+                "attack.attacks": _list(attack),
+                "attack.eps_linf": _list(eps),
+                "attack.eps_l2": _list(eps_l2),
+                "attack.steps": steps,
+                "attack.restarts": restarts,
+                "attack.n_images": n_images,
+                "attack.head": head,
+                "device": device,
+            },
+        )
+        record = run_attack(run_dir, config=run_settings(run_dir, overrides), progress=progress)
         _echo(f"{record['name']}: {record['n_images']} test images, head={record['head']}")
         for row in record["results"]:
             _echo(
@@ -233,31 +249,15 @@ def evaluate_command(
     progress: ProgressOption = True,
 ) -> None:
     """Trustworthy evaluation with sanity gates; writes evaluation.json and sweep plots."""
-    from cslrobust.config import (
-        EvaluationConfig,
-        apply_overrides,
-        format_validation_error,
-        load_saved_config,
-    )
+    from cslrobust.config import format_linf_radius
     from cslrobust.study.evaluate import run_evaluate
+    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
-        from pydantic import ValidationError
-
-        cfg = load_saved_config(run_dir / "config.json")
-        data = cfg.evaluation.model_dump(mode="json")
-        if suite is not None:
-            data["suite"] = suite
-        if n_images is not None:
-            data["n_images"] = n_images
-        data = apply_overrides(data, set_ or [])
-        try:
-            ev = EvaluationConfig.model_validate(data)
-        except ValidationError as err:
-            raise CslRobustError(
-                format_validation_error(err).replace("config:", "evaluation:")
-            ) from None
-        record = run_evaluate(run_dir, evaluation=ev, device=device, progress=progress)
+        overrides = _overrides(
+            set_, {"evaluation.suite": suite, "evaluation.n_images": n_images, "device": device}
+        )
+        record = run_evaluate(run_dir, config=run_settings(run_dir, overrides), progress=progress)
         if record["gates_failed"]:
             _echo(
                 f"!!! {len(record['gates_failed'])} SANITY GATE(S) FAILED: the numbers below are suspect"
@@ -267,7 +267,7 @@ def evaluate_command(
             f"{record['name']}: suite {record['suite']}, {record['protocol']['n_images']} test images"
         )
         for row in record["sweeps"]:
-            eps = f"{row['eps'] * 255:g}/255" if row["norm"] == "linf" else f"{row['eps']:g}"
+            eps = format_linf_radius(row["eps"]) if row["norm"] == "linf" else f"{row['eps']:g}"
             _echo(
                 f"  {row['attack']:>4} {row['norm']:>4} eps {eps:>8}: robust {100 * row['robust_accuracy']:5.1f}%  "
                 f"success {100 * row['attack_success_rate']:5.1f}%"
@@ -301,16 +301,18 @@ def analyze_command(
     run_dir: Annotated[Path, typer.Argument(help="Run folder with a probe.")],
     n_images: Annotated[int | None, typer.Option(help="Test images for the metrics.")] = None,
     tsne: Annotated[bool, typer.Option("--tsne/--no-tsne", help="Also write a t-SNE plot.")] = True,
+    set_: SetOption = None,
     device: DeviceOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Representation geometry and feature sensitivity; writes analysis.json and PNG plots."""
     from cslrobust.study.analyze import run_analyze
+    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
-        if n_images is not None:
-            _override_saved(run_dir, {"geometry": {"n_images": n_images}})
-        record = run_analyze(run_dir, device=device, progress=progress, tsne=tsne)
+        overrides = _overrides(set_, {"geometry.n_images": n_images, "device": device})
+        config = run_settings(run_dir, overrides)
+        record = run_analyze(run_dir, config=config, progress=progress, tsne=tsne)
         m = record["metrics"]
         keys = [
             "uniformity",
@@ -333,16 +335,6 @@ def analyze_command(
         )
 
     _guard(call)
-
-
-def _override_saved(run_dir: Path, update: dict[str, Any]) -> None:
-    """Validate ``update`` against the run's saved config and save it (evaluation sections only)."""
-    from cslrobust.config import build_run_config, load_saved_config, save_config
-    from cslrobust.study.spec import deep_merge
-
-    cfg = load_saved_config(run_dir / "config.json")
-    new = build_run_config(deep_merge(cfg.model_dump(mode="json"), update))
-    save_config(new, run_dir / "config.json")
 
 
 @study_app.command("run")

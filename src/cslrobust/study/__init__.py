@@ -1,1 +1,9 @@
-"""Studies: spec -> runs -> report."""
+"""Studies: spec -> runs -> report.
+
+Importing this package registers every built-in stage in :data:`~cslrobust.study.stages.STAGES`
+(one module per stage; a new stage adds its module here).
+"""
+
+from cslrobust.study import analyze, attack, epochs, evaluate, probe, train
+
+__all__ = ["analyze", "attack", "epochs", "evaluate", "probe", "train"]

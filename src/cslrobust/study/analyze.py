@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from cslrobust.attacks import AttackTarget, default_step_size, frozen_eval, pgd
 from cslrobust.augment import build_augment
+from cslrobust.config import RunConfig, section_identity
 from cslrobust.distributed import on_main
 from cslrobust.geometry import (
     class_distance_matrix,
@@ -29,21 +29,18 @@ from cslrobust.geometry import (
     summarize_sensitivity,
     tsne_2d,
 )
-from cslrobust.models import Classifier
 from cslrobust.probe import extract_features
 from cslrobust.provenance import provenance
+from cslrobust.records import write_json_atomic
 from cslrobust.seeding import make_generator, rng_scope
-from cslrobust.study.stages import PROBE_WEIGHTS, eval_subset, load_run
-from cslrobust.training import load_weights
-from cslrobust.training.checkpoint import read_metadata, write_json_atomic
-
-ANALYSIS_FILE = "analysis.json"
+from cslrobust.study.run_folder import ANALYSIS_FILE, load_probed_run, test_subset
+from cslrobust.study.stages import Rows, Stage, register_stage
 
 
 def run_analyze(
     run_dir: Path,
     *,
-    device: str | None = None,
+    config: RunConfig | None = None,
     progress: bool = True,
     tsne: bool = True,
 ) -> dict[str, Any]:
@@ -55,23 +52,22 @@ def run_analyze(
     ``||f(x+d) - f(x)|| / ||d||`` for PGD perturbations and for random perturbations of the same L-inf
     norm at each ``geometry.sensitivity_eps``.
 
+    Args:
+        run_dir: A run folder with ``probe.safetensors``.
+        config: Geometry settings and device (default: the run's saved config).
+        progress: Unused.
+        tsne: Also draw the t-SNE plot.
+
     Returns:
         The record written to ``analysis.json``.
     """
     del progress
     tic = time.perf_counter()
-    probe_path = run_dir / PROBE_WEIGHTS
-    epoch = int(read_metadata(probe_path).get("checkpoint_epoch", "0")) or None
-    run = load_run(run_dir, epoch=epoch, device=device)
-    cfg, encoder, splits = run.config, run.encoder, run.splits
+    run = load_probed_run(run_dir, config=config, head="probe")
+    cfg, encoder, splits, head, model = run.config, run.encoder, run.splits, run.head, run.model
     geo, dev = cfg.geometry, run.config.device
-    head = nn.Linear(encoder.feature_dim, splits.num_classes)
-    load_weights(head, probe_path)
-    head = head.to(dev)
-
-    subset = eval_subset(splits.test.labels.cpu(), geo.n_images)
-    images = splits.test.images[subset.to(splits.test.images.device)]
-    labels = splits.test.labels[subset.to(splits.test.labels.device)].cpu()
+    _, images, labels = test_subset(splits, geo.n_images)
+    labels = labels.cpu()
     batch = cfg.attack.batch_size
 
     def feats(x: torch.Tensor, fn: Any = None) -> torch.Tensor:
@@ -86,19 +82,18 @@ def run_analyze(
         x01 = images.to(dev).float().div(255)
         pair = views(x01, 2)
     v1, v2 = feats(pair[: len(x01)]), feats(pair[len(x01) :])
-    z = feats(images, encoder) if cfg.objective.name != "supervised" else None  # projector output
+    z = feats(images, encoder) if run.head_kind == "projector" else None  # projector output
 
     # Sensitivity under PGD and random perturbations of the same L-inf norm.
     sensitivity: dict[str, float] = {}
-    model = Classifier(encoder, head).to(dev)
     n_sens = min(geo.sensitivity_images, len(images))
     xs = images[:n_sens].to(dev).float().div(255)
     ys = labels[:n_sens].to(dev)
     f0 = feats(xs)
     with frozen_eval(model):
         target = AttackTarget(model)
-        for eps_255 in geo.sensitivity_eps:
-            eps = eps_255 / 255
+        for eps in geo.sensitivity_eps:
+            eps_255 = round(eps * 255, 9)  # names and random streams count in 1/255
             steps = cfg.attack.steps
             # One call over the sensitivity images (one random stream): every rank runs the same.
             x_adv = pgd(
@@ -168,3 +163,29 @@ def run_analyze(
         return record
 
     return on_main(summarize_and_write)
+
+
+def analyze_rows(record: dict[str, Any]) -> Rows:
+    """Rows of the analyze stage: one per geometry metric."""
+    epoch = record["checkpoint_epoch"]
+    return [
+        {"metric": f"geometry/{k}", "value": v, "epoch": epoch}
+        for k, v in record["metrics"].items()
+    ]
+
+
+register_stage(
+    Stage(
+        name="analyze",
+        order=40,
+        run=lambda cfg, progress: analyze_rows(
+            run_analyze(cfg.run_dir, config=cfg, progress=progress, tsne=True)
+        ),
+        needs=("probe",),
+        key_inputs=lambda cfg: {
+            "geometry": section_identity(cfg, "geometry"),
+            "steps": cfg.attack.steps,
+        },
+        sections=("geometry",),
+    )
+)

@@ -30,17 +30,13 @@ from cslrobust.attacks import (
     summarize_sweep,
     sweep,
 )
-from cslrobust.config import EvaluationConfig
+from cslrobust.config import EvaluationConfig, RunConfig, section_identity
 from cslrobust.distributed import on_main
 from cslrobust.errors import ConfigError
-from cslrobust.models import Classifier
 from cslrobust.provenance import provenance
-from cslrobust.study.stages import PROBE_WEIGHTS, eval_subset, load_run, publish
+from cslrobust.study.run_folder import EVALUATION_FILE, load_probed_run, publish, test_subset
+from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.study.store import pack_bits
-from cslrobust.training import load_weights
-from cslrobust.training.checkpoint import read_metadata
-
-EVALUATION_FILE = "evaluation.json"
 
 
 def _row(r: Any) -> dict[str, Any]:
@@ -57,40 +53,31 @@ def _row(r: Any) -> dict[str, Any]:
 def run_evaluate(
     run_dir: Path,
     *,
-    evaluation: EvaluationConfig | None = None,
-    device: str | None = None,
+    config: RunConfig | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the configured suite on a probed run and write ``evaluation.json`` and plots.
 
     Args:
         run_dir: A run folder with ``probe.safetensors``.
-        evaluation: Suite settings (default: the run's ``evaluation`` section).
-        device: Run on this device instead of the configured one.
+        config: Suite settings (its ``evaluation`` section) and device (default: the saved config).
         progress: Show progress bars.
 
     Returns:
         The record written to ``evaluation.json``.
     """
     tic = time.perf_counter()
-    probe_path = run_dir / PROBE_WEIGHTS
-    epoch = int(read_metadata(probe_path).get("checkpoint_epoch", "0")) or None
-    run = load_run(run_dir, epoch=epoch, device=device)
-    cfg, encoder, splits, dev = run.config, run.encoder, run.splits, run.config.device
-    ev = evaluation or cfg.evaluation
-    head = nn.Linear(encoder.feature_dim, splits.num_classes)
-    load_weights(head, probe_path)
-    model = Classifier(encoder, head).to(dev).eval()
-
-    subset = eval_subset(splits.test.labels.cpu(), ev.n_images)
-    images = splits.test.images[subset.to(splits.test.images.device)].float().div_(255)
-    labels = splits.test.labels[subset.to(splits.test.labels.device)]
+    run = load_probed_run(run_dir, config=config, head="probe")
+    cfg, model, dev = run.config, run.model, run.config.device
+    ev = cfg.evaluation
+    subset, images, labels = test_subset(run.splits, ev.n_images)
+    images = images.float().div_(255)
     common = {"seed": cfg.seed, "batch_size": ev.batch_size, "device": dev}
     timings: dict[str, float] = {}
 
     # 1. FGSM / PGD sweeps (eps = 0 included: it must equal clean accuracy exactly).
     t0 = time.perf_counter()
-    linf = [0.0] + [e / 255 for e in ev.eps_linf] + [ev.large_eps_linf / 255]
+    linf = [0.0, *ev.eps_linf, ev.large_eps_linf]
     budgets: list[tuple[str, list[float]]] = [("linf", sorted(set(linf)))]
     if ev.suite == "standard" and ev.eps_l2:
         budgets.append(("l2", sorted({0.0, *ev.eps_l2})))
@@ -122,7 +109,7 @@ def run_evaluate(
     aa_results = []
     if ev.suite == "standard":
         t0 = time.perf_counter()
-        aa_budgets = [("linf", e / 255) for e in ev.autoattack_eps_linf] + [
+        aa_budgets = [("linf", e) for e in ev.autoattack_eps_linf] + [
             ("l2", e) for e in ev.autoattack_eps_l2
         ]
         for norm, eps in aa_budgets:
@@ -176,7 +163,7 @@ def run_evaluate(
         labels=labels,
         convergence=[
             ConvergenceSettings(
-                eps=ev.convergence_eps_linf / 255,
+                eps=ev.convergence_eps_linf,
                 norm="linf",
                 steps=ev.steps,
                 restarts=ev.convergence_restarts,
@@ -252,10 +239,9 @@ def _corruptions(
     from cslrobust.corruptions import CORRUPTION_NAMES, evaluate_corruptions, protocol, summarise
     from cslrobust.data import default_data_root
 
-    cfg, splits = run.config, run.splits
-    subset = eval_subset(splits.test.labels.cpu(), ev.corruption_images)
-    images = splits.test.images[subset.to(splits.test.images.device)].cpu()
-    labels = splits.test.labels[subset.to(splits.test.labels.device)].cpu()
+    cfg = run.config
+    subset, images, labels = test_subset(run.splits, ev.corruption_images)
+    images, labels = images.cpu(), labels.cpu()
     names = list(ev.corruptions) if ev.corruptions is not None else list(CORRUPTION_NAMES)
     if tuple(images.shape[-2:]) != (32, 32):
         raise ConfigError(
@@ -285,3 +271,88 @@ def _corruptions(
         "protocol": protocol(cfg.seed, list(ev.severities)),
         "n_images": int(subset.numel()),
     }
+
+
+def evaluate_rows(record: dict[str, Any]) -> Rows:
+    """Rows of the evaluate stage (metrics prefixed ``eval/`` so they never mix with the attack stage)."""
+    epoch = record["checkpoint_epoch"]
+    rows: Rows = []
+    for r in record["sweeps"]:
+        cond = {"attack": r["attack"], "norm": r["norm"], "eps": r["eps"], "epoch": epoch}
+        for key in (
+            "clean_accuracy",
+            "robust_accuracy",
+            "attack_success_rate",
+            "robust_clean_ratio",
+        ):
+            extra = (
+                {"correct_bits": r["robust_correct_bits"], "n": r["n"]}
+                if key == "robust_accuracy"
+                else {}
+            )
+            rows.append({**cond, **extra, "metric": f"eval/{key}", "value": r[key]})
+    for s in record["eps50"]:
+        rows.append(
+            {
+                "attack": s["attack"],
+                "norm": s["norm"],
+                "epoch": epoch,
+                "metric": "eval/eps50",
+                "value": s["eps50"],
+            }
+        )
+    for aa in record["autoattack"]:
+        cond = {"attack": "autoattack", "norm": aa["norm"], "eps": aa["eps"], "epoch": epoch}
+        rows.append(
+            {
+                **cond,
+                "metric": "eval/robust_accuracy",
+                "value": aa["robust_accuracy"],
+                "flags": aa["flags"],
+            }
+        )
+        rows.append({**cond, "metric": "eval/clean_accuracy", "value": aa["clean_accuracy"]})
+    for norm, fab in record["fab"].items():
+        rows.append(
+            {
+                "attack": "fab",
+                "norm": norm,
+                "epoch": epoch,
+                "metric": "eval/min_norm_median",
+                "value": fab["min_norm_median"],
+            }
+        )
+    for c in record.get("corruptions", {}).get("rows", []):
+        rows.append(
+            {
+                "corruption": c["corruption"],
+                "severity": c["severity"],
+                "epoch": epoch,
+                "metric": "corruption_accuracy",
+                "value": c["accuracy"],
+                "family": c["family"],
+            }
+        )
+    for g in record["gates"]:
+        rows.append(
+            {
+                "metric": f"gate/{g['name']}",
+                "value": float(g["passed"]),
+                "message": g["message"],
+            }
+        )
+    return rows
+
+
+register_stage(
+    Stage(
+        name="evaluate",
+        order=50,
+        run=lambda cfg, progress: evaluate_rows(
+            run_evaluate(cfg.run_dir, config=cfg, progress=progress)
+        ),
+        needs=("probe",),
+        key_inputs=lambda cfg: {"evaluation": section_identity(cfg, "evaluation")},
+        sections=("evaluation", "corruptions", "gates"),
+    )
+)

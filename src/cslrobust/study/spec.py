@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -47,12 +47,8 @@ class StudySpec(BaseModel):
     report_dir: Path | None = None
     storage: str | None = None  # results database URL; default sqlite:///<output_dir>/results.db
     seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
-    stages: tuple[Literal["train", "probe", "attack", "analyze", "evaluate"], ...] = (
-        "train",
-        "probe",
-        "attack",
-        "analyze",
-    )  # "evaluate" adds the full evaluation suite (base.evaluation) to every cell
+    # Names in the stage registry; "evaluate" adds the full evaluation suite (base.evaluation).
+    stages: tuple[str, ...] = ("train", "probe", "attack", "analyze")
     # Keep every epoch of the supervised reference, probe and attack each, and compare every other
     # method with the supervised checkpoint of the closest validation clean accuracy.
     match_clean_accuracy: bool = False
@@ -65,6 +61,16 @@ class StudySpec(BaseModel):
     def report_folder(self) -> Path:
         """Folder of the report files: ``report_dir``, else ``output_dir``."""
         return self.report_dir or self.output_dir
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from cslrobust.study.stages import STAGES
+
+        for name in value:
+            if name not in STAGES:
+                raise ValueError(f"unknown stage {name!r}; expected one of {STAGES.names()}")
+        return value
 
     @field_validator("methods")
     @classmethod

@@ -1,482 +1,87 @@
-"""Pipeline stages of one run: train -> probe -> attack.
+"""The stage registry: what a study cell runs, in which order, and what each stage's key hashes.
 
-Each stage takes a resolved :class:`~cslrobust.config.RunConfig`, builds the pieces it needs through the
-packages' ``build_*`` functions, and writes its artifacts into the run folder::
+A stage is one entry: its name, the stages it builds on, the settings its key depends on, the function
+that runs it on a cell and returns its result rows, and the report sections that present those rows.
+The runner loops over the entries a study asks for and has no per-stage code, so a new stage is one
+new module in ``study/`` ending in ``register_stage(Stage(...))`` plus its import in
+``study/__init__.py``.
 
-    <output_dir>/<name>/config.json        resolved config (its hash is the run id)
-    <output_dir>/<name>/checkpoints/...    per-epoch checkpoints (see training.checkpoint)
-    <output_dir>/<name>/train.json         per-epoch metrics, wall time, provenance
-    <output_dir>/<name>/probe.safetensors  linear probe head on raw backbone features
-    <output_dir>/<name>/probe.json         probe accuracies (val-selected epoch, test)
-    <output_dir>/<name>/attack.json        clean and robust accuracy per attack and eps
-
-The CLI, the demo and tests call these same functions.
+A stage's key is ``<name>:<digest>``; the digest hashes the digests of the stages it needs and its own
+inputs, so changing the attack settings re-runs the attack stage and nothing it does not depend on.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import json
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
+from cslrobust.config import RunConfig, canonical_hash
+from cslrobust.registry import Registry
 
-from cslrobust.attacks import default_step_size, robust_accuracy
-from cslrobust.augment import AugmentParams, build_augment
-from cslrobust.config import RunConfig, load_saved_config, save_config
-from cslrobust.data import DataSplits, build_datasets, default_data_root
-from cslrobust.distributed import barrier, context, init_distributed, is_main, main_first, on_main
-from cslrobust.errors import CheckpointError, ConfigError
-from cslrobust.models import Classifier, Encoder, build_encoder
-from cslrobust.objectives import OBJECTIVES, HeadKind, Objective, build_objective
-from cslrobust.probe import (
-    accuracy,
-    assert_frozen,
-    extract_features,
-    state_snapshot,
-    train_linear_probe,
-)
-from cslrobust.provenance import provenance
-from cslrobust.seeding import make_generator
-from cslrobust.study.store import pack_bits
-from cslrobust.training import (
-    Checkpoint,
-    LoopSettings,
-    MetricLog,
-    build_sgd,
-    find_checkpoint,
-    latest_checkpoint,
-    load_weights,
-    save_weights,
-    steps_per_epoch,
-    train,
-    warmup_cosine,
-)
-from cslrobust.training.checkpoint import write_json_atomic
-
-CONFIG_FILE = "config.json"
-TRAIN_FILE = "train.json"
-PROBE_FILE = "probe.json"
-PROBE_WEIGHTS = "probe.safetensors"
-ATTACK_FILE = "attack.json"
-CHECKPOINT_DIR = "checkpoints"
+#: Rows a stage commits to the results store (``metric``, ``value`` and condition columns).
+Rows = list[dict[str, Any]]
 
 
-def load_data(cfg: RunConfig) -> DataSplits:
-    """Build the train/val/test splits of a run on its device."""
-    data = cfg.data
-    with main_first():  # rank 0 downloads and decodes into the cache; the others then read it
-        return build_datasets(
-            data.name,
-            root=data.root or default_data_root(),
-            source=data.source,
-            train_per_class=data.train_per_class,
-            val_per_class=data.val_per_class,
-            seed=cfg.seed,
-            device=cfg.device,
-            download=data.download,
-        )
-
-
-def build_run_objective(cfg: RunConfig) -> Objective:
-    """The objective of a run: each objective receives the config fields its constructor names."""
-    obj = cfg.objective
-    accepted = inspect.signature(OBJECTIVES.get(obj.name)).parameters
-    values = obj.model_dump()
-    params: dict[str, Any] = {
-        k: values[k] for k in ("temperature", "label_smoothing", "tau_plus") if k in accepted
-    }
-    if "detector" in accepted:
-        params.update(
-            detector=obj.fn.detector,
-            detector_params=obj.fn.detector_params(),
-            mode=obj.fn.mode,
-            warmup_epochs=obj.fn.warmup_epochs,
-        )
-    return build_objective(obj.name, **params)
-
-
-def build_run_encoder(cfg: RunConfig, splits: DataSplits, head_kind: HeadKind) -> Encoder:
-    """The encoder of a run (normalisation buffers from the training split) on its device."""
-    model = cfg.model
-    encoder = build_encoder(
-        model.arch,
-        width=model.width,
-        head_kind=head_kind,
-        num_classes=splits.num_classes,
-        proj_hidden_dim=model.proj_hidden_dim,
-        proj_dim=model.proj_dim,
-        mean=splits.mean,
-        std=splits.std,
-        channels_last=model.channels_last,
-    )
-    return encoder.to(cfg.device)
-
-
-def _init_model(cfg: RunConfig, splits: DataSplits, head_kind: HeadKind) -> Encoder:
-    # Model initialisation draws from its own stream, independent of data order and augmentation.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(make_generator(cfg.seed, "init").initial_seed())
-        return build_run_encoder(cfg, splits, head_kind)
+def _no_inputs(cfg: RunConfig) -> dict[str, Any]:
+    del cfg
+    return {}
 
 
 @dataclass(frozen=True)
-class LoadedRun:
-    """A trained run loaded back from its folder."""
+class Stage:
+    """One registered stage.
 
-    config: RunConfig
-    encoder: Encoder
-    checkpoint: Checkpoint
-    splits: DataSplits
-
-
-def on_this_process(cfg: RunConfig) -> RunConfig:
-    """``cfg`` on this process's device; under torchrun this starts the process group first.
-
-    With CUDA each torchrun process takes ``cuda:LOCAL_RANK``; the run id does not depend on it.
-    """
-    _, device = init_distributed(cfg.device)
-    return cfg if device == cfg.device else cfg.model_copy(update={"device": device})
-
-
-def load_run(run_dir: Path, *, epoch: int | None = None, device: str | None = None) -> LoadedRun:
-    """Load a run's config, data splits and encoder weights (latest checkpoint or ``epoch``).
-
-    Raises:
-        ConfigError: If ``run_dir`` holds no saved config.
-        CheckpointError: If it holds no (matching) checkpoint.
-    """
-    cfg = load_saved_config(run_dir / CONFIG_FILE)
-    if device is not None:
-        cfg = cfg.model_copy(update={"device": device})
-    cfg = on_this_process(cfg)
-    root = run_dir / CHECKPOINT_DIR
-    checkpoint = find_checkpoint(root, epoch) if epoch is not None else latest_checkpoint(root)
-    if checkpoint is None:
-        raise CheckpointError(f"run folder {str(run_dir)!r} has no checkpoint; run 'train' first")
-    splits = load_data(cfg)
-    objective = build_run_objective(cfg)
-    encoder = build_run_encoder(cfg, splits, objective.head_kind)
-    load_weights(encoder, checkpoint.model_file)
-    encoder.eval()
-    return LoadedRun(cfg, encoder, checkpoint, splits)
-
-
-def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train one model and write its checkpoints and ``train.json``.
-
-    Raises:
-        ConfigError: If the run folder already holds checkpoints of this config and ``resume`` is off,
-            or holds a different config (never overwritten).
-    """
-    cfg = on_this_process(cfg)
-    run_dir = cfg.run_dir
-    config_path = run_dir / CONFIG_FILE
-    checkpoint_dir = run_dir / CHECKPOINT_DIR
-    if config_path.is_file():
-        previous = load_saved_config(config_path)
-        if previous.run_id() != cfg.run_id():
-            raise ConfigError(
-                f"run folder {str(run_dir)!r} holds a different config (run id {previous.run_id()}, "
-                f"this one {cfg.run_id()}); choose another name or output_dir"
-            )
-        if latest_checkpoint(checkpoint_dir) is not None and not resume:
-            raise ConfigError(
-                f"run folder {str(run_dir)!r} already has checkpoints; pass --resume to continue"
-            )
-    barrier()  # every rank has checked the folder before rank 0 writes into it
-    on_main(lambda: save_config(cfg, config_path))
-    main = is_main()
-
-    tic = time.perf_counter()
-    splits = load_data(cfg)
-    objective = build_run_objective(cfg)
-    encoder = _init_model(cfg, splits, objective.head_kind)
-    # AugmentConfig mirrors AugmentParams field for field (plus the preset name).
-    params = AugmentParams(**cfg.augment.model_dump(exclude={"kind"}))
-    make_views = build_augment(cfg.augment.kind, params).to(cfg.device)
-    tr = cfg.train
-    optimizer = build_sgd(
-        encoder,
-        lr=tr.peak_lr(),
-        momentum=tr.momentum,
-        weight_decay=tr.weight_decay,
-        nesterov=tr.nesterov,
-    )
-    n_steps = steps_per_epoch(splits.train, tr.batch_size, tr.drop_last)
-    if n_steps == 0:
-        raise ConfigError(
-            f"train.batch_size={tr.batch_size} exceeds the {len(splits.train)} training images"
-        )
-    schedule = warmup_cosine(
-        tr.peak_lr(),
-        tr.epochs * n_steps,
-        warmup_steps=round(tr.warmup_epochs * n_steps),
-        min_ratio=tr.min_lr_ratio,
-    )
-    settings = LoopSettings(
-        epochs=tr.epochs,
-        batch_size=tr.batch_size,
-        seed=cfg.seed,
-        log_every=tr.log_every,
-        drop_last=tr.drop_last,
-        keep_last=tr.keep_last,
-        keep_every=tr.keep_every,
-        channels_last=cfg.model.channels_last,
-        progress=progress,
-        precision=tr.precision,
-        compile=tr.compile,
-        sync_batchnorm=tr.sync_batchnorm,
-    )
-    metadata = {"config": json.dumps(cfg.model_dump(mode="json")), "run_id": cfg.run_id()}
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(MetricLog(run_dir, tensorboard=tr.tensorboard)) if main else None
-        result = train(
-            encoder,
-            objective,
-            make_views,
-            splits.train,
-            optimizer,
-            schedule,
-            checkpoint_dir,
-            settings,
-            weights_metadata=metadata,
-            resume=resume,
-            metric_log=log,
-        )
-    summary = {
-        "run_id": cfg.run_id(),
-        "name": cfg.name,
-        "objective": cfg.objective.name,
-        "epochs": result.epochs_completed,
-        "resumed_from": result.resumed_from,
-        "train_images": len(splits.train),
-        "processes": context().world_size,
-        "peak_lr": tr.peak_lr(),
-        "history": result.history,
-        "checkpoint": str(result.checkpoint.path) if result.checkpoint else None,
-        "wall_seconds": time.perf_counter() - tic,
-        **provenance(),
-    }
-    return publish(run_dir / TRAIN_FILE, summary)
-
-
-def tagged(name: str, tag: str) -> str:
-    """``probe.json`` -> ``probe<tag>.json`` (artifacts of a non-final checkpoint carry a tag)."""
-    stem, dot, suffix = name.partition(".")
-    return f"{stem}{tag}{dot}{suffix}"
-
-
-def run_probe(
-    run_dir: Path,
-    *,
-    epoch: int | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    tag: str = "",
-) -> dict[str, Any]:
-    """Fit the linear probe on frozen features of a trained run; write ``probe<tag>.json`` and weights.
-
-    With several processes, feature extraction is sharded across ranks; rank 0 alone fits the head
-    (seconds on cached features) and writes the files, and every rank returns its record.
-    """
-    del progress  # the probe trains on cached features in seconds
-    tic = time.perf_counter()
-    run = load_run(run_dir, epoch=epoch, device=device)
-    cfg, encoder, splits = run.config, run.encoder, run.splits
-    reference = state_snapshot(encoder)
-    batch = cfg.probe.batch_size
-
-    def features(images: torch.Tensor) -> torch.Tensor:
-        return extract_features(
-            encoder.features, encoder, images, batch_size=batch, device=cfg.device
-        )
-
-    f_train, f_val, f_test = (features(s.images) for s in (splits.train, splits.val, splits.test))
-    assert_frozen(encoder, reference)
-
-    def fit_and_write() -> dict[str, Any]:
-        result = train_linear_probe(
-            f_train,
-            splits.train.labels,
-            f_val,
-            splits.val.labels,
-            num_classes=splits.num_classes,
-            epochs=cfg.probe.epochs,
-            lr=cfg.probe.lr,
-            weight_decay=cfg.probe.weight_decay,
-            batch_size=batch,
-            seed=cfg.seed,
-        )
-        head = result.head
-        record: dict[str, Any] = {
-            "run_id": cfg.run_id(),
-            "name": cfg.name,
-            "objective": cfg.objective.name,
-            "checkpoint_epoch": run.checkpoint.epoch,
-            "best_epoch": result.best_epoch,
-            "val_accuracy": result.best_val_accuracy,
-            "train_accuracy": accuracy(head, f_train, splits.train.labels),
-            "test_accuracy": accuracy(head, f_test, splits.test.labels),
-            "n_test": len(splits.test),
-            "history": result.history,
-        }
-        if run.config.objective.name == "supervised":
-            # The supervised model's own classifier, evaluated through the same frozen features.
-            record["own_head_test_accuracy"] = accuracy(encoder.head, f_test, splits.test.labels)
-            record["own_head_val_accuracy"] = accuracy(encoder.head, f_val, splits.val.labels)
-        record["wall_seconds"] = time.perf_counter() - tic
-        record.update(provenance())
-        save_weights(
-            head,
-            run_dir / tagged(PROBE_WEIGHTS, tag),
-            {"checkpoint_epoch": str(run.checkpoint.epoch)},
-        )
-        write_json_atomic(run_dir / tagged(PROBE_FILE, tag), record)
-        return record
-
-    return on_main(fit_and_write)
-
-
-def publish(path: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """Write a stage's JSON ``record`` on rank 0 only; every rank returns rank 0's record.
-
-    When this returns, the file exists for every rank (the broadcast orders them like a barrier).
+    Attributes:
+        name: Registry key, as written in a study's ``stages`` list.
+        order: Position in the pipeline (stages of a cell run in increasing order).
+        run: Runs the stage on a cell's config and returns its rows (progress bars on or off).
+        needs: Stages whose results this one reads; their digests enter its key.
+        key_inputs: The settings of the config the stage's result depends on.
+        digest: Overrides the key's digest (the train stage uses the run id).
+        sections: Names of the report sections that present the stage's rows.
+        also_when: Also run on a cell the study did not ask it for, when this returns true
+            (arguments: the study's settings as a mapping, the cell's method name).
     """
 
-    def write() -> dict[str, Any]:
-        write_json_atomic(path, record)
-        return record
-
-    return on_main(write)
-
-
-def eval_subset(labels: torch.Tensor, n_images: int | None) -> torch.Tensor:
-    """Indices of the test images to attack: a fixed random subset, identical for every run.
-
-    The subset is drawn from stream ``(0, "eval_subset")`` regardless of the run seed, so every method
-    and seed of a comparison is attacked on the same images.
-    """
-    n = labels.shape[0]
-    if n_images is None or n_images >= n:
-        return torch.arange(n)
-    order = torch.randperm(n, generator=make_generator(0, "eval_subset"))
-    return order[:n_images].sort().values
+    name: str
+    order: int
+    run: Callable[[RunConfig, bool], Rows]
+    needs: tuple[str, ...] = ()
+    key_inputs: Callable[[RunConfig], dict[str, Any]] = _no_inputs
+    digest: Callable[[RunConfig], str] | None = None
+    sections: tuple[str, ...] = ()
+    also_when: Callable[[Mapping[str, Any], str], bool] | None = field(default=None)
 
 
-def run_attack(
-    run_dir: Path,
-    *,
-    overrides: dict[str, Any] | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    tag: str = "",
-) -> dict[str, Any]:
-    """Attack the composite model (normalise -> backbone -> probe head) of a probed run.
+STAGES: Registry[Stage] = Registry("stage")
 
-    With ``tag``, the probe ``probe<tag>.safetensors`` (and its checkpoint) is attacked and the record
-    goes to ``attack<tag>.json``.
 
-    Args:
-        run_dir: A run folder with ``probe.safetensors``.
-        overrides: Replacement values for the run's ``attack`` section (validated).
-        device: Run on this device instead of the configured one.
-        progress: Show progress bars.
-        tag: Attack the probe of a tagged (non-final) checkpoint, see :func:`tagged`.
+def register_stage(stage: Stage) -> Stage:
+    """Add ``stage`` to :data:`STAGES` under its name (a duplicate name is a programming error)."""
+    return STAGES.register(stage.name)(stage)
 
-    Returns:
-        The record written to ``attack.json``: one row per (attack, norm, eps).
-    """
-    tic = time.perf_counter()
-    cfg = load_saved_config(run_dir / CONFIG_FILE)
-    if overrides:
-        from cslrobust.config import build_run_config
 
-        data = cfg.model_dump(mode="json")
-        data["attack"] = {**data["attack"], **overrides}
-        cfg = build_run_config(data)
-    probe_path = run_dir / tagged(PROBE_WEIGHTS, tag)
-    if not probe_path.is_file():
-        raise CheckpointError(f"run folder {str(run_dir)!r} has no probe; run 'probe' first")
-    from cslrobust.training.checkpoint import read_metadata
+def stage_order(names: Sequence[str] | None = None) -> list[str]:
+    """Registered stage names (or ``names``) in pipeline order."""
+    chosen = STAGES.names() if names is None else list(names)
+    return sorted(chosen, key=lambda name: (STAGES.get(name).order, name))
 
-    probe_epoch = int(read_metadata(probe_path).get("checkpoint_epoch", "0")) or None
-    run = load_run(run_dir, epoch=probe_epoch, device=device)
-    encoder, splits, dev = run.encoder, run.splits, run.config.device
-    att = cfg.attack
-    if att.head == "own":
-        if cfg.objective.name != "supervised":
-            raise ConfigError(
-                f"attack.head='own' needs a supervised run; {cfg.name!r} is {cfg.objective.name!r}"
-            )
-        head: nn.Module = encoder.head
-    else:
-        head = nn.Linear(encoder.feature_dim, splits.num_classes)
-        load_weights(head, probe_path)
-    model = Classifier(encoder, head).to(dev)
 
-    subset = eval_subset(splits.test.labels.cpu(), att.n_images)
-    # Attacks take [0,1] float images; the data set stores uint8.
-    images = splits.test.images[subset.to(splits.test.images.device)].float().div_(255)
-    labels = splits.test.labels[subset.to(splits.test.labels.device)]
-    rows = []
-    budgets = [("linf", e / 255.0, e) for e in att.eps_linf] + [("l2", e, e) for e in att.eps_l2]
-    for attack in att.attacks:
-        for norm, eps, eps_display in budgets:
-            steps = 1 if attack == "fgsm" else att.steps
-            step_size = (
-                att.step_size * eps if att.step_size is not None else default_step_size(eps, steps)
-            )
-            res = robust_accuracy(
-                model,
-                images,
-                labels,
-                attack=attack,
-                eps=eps,
-                norm=norm,
-                steps=steps,
-                step_size=step_size,
-                random_start=att.random_start,
-                restarts=att.restarts,
-                seed=cfg.seed,
-                batch_size=att.batch_size,
-                device=dev,
-                progress=progress,
-            )
-            rows.append(
-                {
-                    "attack": attack,
-                    "norm": norm,
-                    "eps": eps,
-                    "eps_display": f"{eps_display:g}/255" if norm == "linf" else f"{eps_display:g}",
-                    "steps": steps,
-                    "step_size": step_size,
-                    "restarts": att.restarts if attack == "pgd" else 1,
-                    "random_start": att.random_start if attack == "pgd" else False,
-                    "clean_accuracy": res.clean_accuracy,
-                    "robust_accuracy": res.robust_accuracy,
-                    "attack_success_rate": res.attack_success_rate,
-                    "max_perturbation": res.max_perturbation,
-                    "n": res.n,
-                    "clean_correct_bits": pack_bits(res.clean_correct.cpu()),
-                    "robust_correct_bits": pack_bits(res.robust_correct.cpu()),
-                }
-            )
-    record = {
-        "run_id": cfg.run_id(),
-        "name": cfg.name,
-        "objective": cfg.objective.name,
-        "checkpoint_epoch": run.checkpoint.epoch,
-        "head": att.head,
-        "n_images": int(subset.numel()),
-        "attack_config": att.model_dump(mode="json"),
-        "results": rows,
-        "wall_seconds": time.perf_counter() - tic,
-        **provenance(),
-    }
-    return publish(run_dir / tagged(ATTACK_FILE, tag), record)
+def stage_digest(cfg: RunConfig, name: str, _memo: dict[str, str] | None = None) -> str:
+    """The digest of stage ``name`` for ``cfg``: its inputs and those of every stage it needs."""
+    memo = {} if _memo is None else _memo
+    if name not in memo:
+        stage = STAGES.get(name)
+        if stage.digest is not None:
+            memo[name] = stage.digest(cfg)
+        else:
+            upstream = {need: stage_digest(cfg, need, memo) for need in stage.needs}
+            memo[name] = canonical_hash({**upstream, **stage.key_inputs(cfg)})
+    return memo[name]
+
+
+def stage_keys(cfg: RunConfig, names: Sequence[str] | None = None) -> dict[str, str]:
+    """``{stage: "<stage>:<digest>"}`` for ``names`` (default: every registered stage), in order."""
+    memo: dict[str, str] = {}
+    return {name: f"{name}:{stage_digest(cfg, name, memo)}" for name in stage_order(names)}

@@ -14,7 +14,6 @@ replaced atomically afterwards, so a crash at any moment leaves the previous che
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from cslrobust.errors import CheckpointError
+from cslrobust.records import write_json_atomic
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -54,18 +54,6 @@ class Checkpoint:
     def meta(self) -> dict[str, Any]:
         """The checkpoint's metadata (epoch, metrics, provenance)."""
         return dict(json.loads((self.path / META_FILE).read_text()))
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -1,0 +1,141 @@
+"""Attack stage: clean and robust accuracy of a probed run under each configured attack and radius."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from cslrobust.attacks import default_step_size, robust_accuracy
+from cslrobust.config import RunConfig, format_linf_radius, section_identity
+from cslrobust.provenance import provenance
+from cslrobust.study.run_folder import ATTACK_FILE, load_probed_run, publish, tagged, test_subset
+from cslrobust.study.stages import Rows, Stage, register_stage
+from cslrobust.study.store import pack_bits
+
+
+def run_attack(
+    run_dir: Path,
+    *,
+    config: RunConfig | None = None,
+    progress: bool = True,
+    tag: str = "",
+) -> dict[str, Any]:
+    """Attack the composite model (normalise -> backbone -> probe head) of a probed run.
+
+    With ``tag``, the probe ``probe<tag>.safetensors`` (and its checkpoint) is attacked and the record
+    goes to ``attack<tag>.json``.
+
+    Args:
+        run_dir: A run folder with ``probe.safetensors``.
+        config: Attack settings and device (default: the run's saved config).
+        progress: Show progress bars.
+        tag: Attack the probe of a tagged (non-final) checkpoint.
+
+    Returns:
+        The record written to ``attack.json``: one row per (attack, norm, eps).
+    """
+    tic = time.perf_counter()
+    run = load_probed_run(run_dir, tag=tag, config=config)
+    cfg, model, dev = run.config, run.model, run.config.device
+    att = cfg.attack
+    subset, images, labels = test_subset(run.splits, att.n_images)
+    images = images.float().div_(255)  # attacks take [0,1] float images; the data set stores uint8
+    rows = []
+    budgets = [("linf", e) for e in att.eps_linf] + [("l2", e) for e in att.eps_l2]
+    for attack in att.attacks:
+        for norm, eps in budgets:
+            steps = 1 if attack == "fgsm" else att.steps
+            step_size = (
+                att.step_size * eps if att.step_size is not None else default_step_size(eps, steps)
+            )
+            res = robust_accuracy(
+                model,
+                images,
+                labels,
+                attack=attack,
+                eps=eps,
+                norm=norm,
+                steps=steps,
+                step_size=step_size,
+                random_start=att.random_start,
+                restarts=att.restarts,
+                seed=cfg.seed,
+                batch_size=att.batch_size,
+                device=dev,
+                progress=progress,
+            )
+            rows.append(
+                {
+                    "attack": attack,
+                    "norm": norm,
+                    "eps": eps,
+                    "eps_display": format_linf_radius(eps) if norm == "linf" else f"{eps:g}",
+                    "steps": steps,
+                    "step_size": step_size,
+                    "restarts": att.restarts if attack == "pgd" else 1,
+                    "random_start": att.random_start if attack == "pgd" else False,
+                    "clean_accuracy": res.clean_accuracy,
+                    "robust_accuracy": res.robust_accuracy,
+                    "attack_success_rate": res.attack_success_rate,
+                    "max_perturbation": res.max_perturbation,
+                    "n": res.n,
+                    "clean_correct_bits": pack_bits(res.clean_correct.cpu()),
+                    "robust_correct_bits": pack_bits(res.robust_correct.cpu()),
+                }
+            )
+    record = {
+        "run_id": cfg.run_id(),
+        "name": cfg.name,
+        "objective": cfg.objective.name,
+        "checkpoint_epoch": run.checkpoint.epoch,
+        "head": att.head,
+        "n_images": int(subset.numel()),
+        "attack_config": att.model_dump(mode="json"),
+        "results": rows,
+        "wall_seconds": time.perf_counter() - tic,
+        **provenance(),
+    }
+    return publish(run_dir / tagged(ATTACK_FILE, tag), record)
+
+
+def attack_rows(record: dict[str, Any]) -> Rows:
+    """Rows of the attack stage: clean, robust accuracy and success rate per (attack, norm, eps)."""
+    rows = []
+    for r in record["results"]:
+        cond = {
+            "attack": r["attack"],
+            "norm": r["norm"],
+            "eps": r["eps"],
+            "epoch": record["checkpoint_epoch"],
+        }
+        meta = {"n": r["n"], "steps": r["steps"], "restarts": r["restarts"]}
+        rows.append({**cond, **meta, "metric": "clean_accuracy", "value": r["clean_accuracy"]})
+        rows.append(
+            {
+                **cond,
+                **meta,
+                "metric": "robust_accuracy",
+                "value": r["robust_accuracy"],
+                "correct_bits": r.get("robust_correct_bits"),
+                "clean_bits": r.get("clean_correct_bits"),
+            }
+        )
+        rows.append(
+            {**cond, **meta, "metric": "attack_success_rate", "value": r["attack_success_rate"]}
+        )
+    return rows
+
+
+register_stage(
+    Stage(
+        name="attack",
+        order=30,
+        run=lambda cfg, progress: attack_rows(
+            run_attack(cfg.run_dir, config=cfg, progress=progress)
+        ),
+        needs=("probe",),
+        key_inputs=lambda cfg: {"attack": section_identity(cfg, "attack")},
+        sections=("robustness",),
+    )
+)

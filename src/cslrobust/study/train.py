@@ -1,0 +1,181 @@
+"""Train stage: train one model and write its checkpoints and ``train.json``."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import time
+from typing import Any
+
+from cslrobust.augment import AugmentParams, build_augment
+from cslrobust.config import RunConfig, load_saved_config, save_config
+from cslrobust.distributed import barrier, context, is_main, on_main
+from cslrobust.errors import ConfigError
+from cslrobust.objectives import OBJECTIVES, Objective, build_objective
+from cslrobust.provenance import provenance
+from cslrobust.study.run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    TRAIN_FILE,
+    init_run_encoder,
+    load_data,
+    on_this_process,
+    publish,
+)
+from cslrobust.study.stages import Rows, Stage, register_stage
+from cslrobust.training import (
+    LoopSettings,
+    MetricLog,
+    build_sgd,
+    latest_checkpoint,
+    steps_per_epoch,
+    train,
+    warmup_cosine,
+)
+
+
+def build_run_objective(cfg: RunConfig) -> Objective:
+    """The objective of a run: each objective receives the config fields its constructor names."""
+    obj = cfg.objective
+    accepted = inspect.signature(OBJECTIVES.get(obj.name)).parameters
+    values = obj.model_dump()
+    params: dict[str, Any] = {
+        k: values[k] for k in ("temperature", "label_smoothing", "tau_plus") if k in accepted
+    }
+    if "detector" in accepted:
+        params.update(
+            detector=obj.fn.detector,
+            detector_params=obj.fn.detector_params(),
+            mode=obj.fn.mode,
+            warmup_epochs=obj.fn.warmup_epochs,
+        )
+    return build_objective(obj.name, **params)
+
+
+def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train one model and write its checkpoints and ``train.json``.
+
+    Raises:
+        ConfigError: If the run folder already holds checkpoints of this config and ``resume`` is off,
+            or holds a different config (never overwritten).
+    """
+    cfg = on_this_process(cfg)
+    run_dir = cfg.run_dir
+    config_path = run_dir / CONFIG_FILE
+    checkpoint_dir = run_dir / CHECKPOINT_DIR
+    if config_path.is_file():
+        previous = load_saved_config(config_path)
+        if previous.run_id() != cfg.run_id():
+            raise ConfigError(
+                f"run folder {str(run_dir)!r} holds a different config (run id {previous.run_id()}, "
+                f"this one {cfg.run_id()}); choose another name or output_dir"
+            )
+        if latest_checkpoint(checkpoint_dir) is not None and not resume:
+            raise ConfigError(
+                f"run folder {str(run_dir)!r} already has checkpoints; pass --resume to continue"
+            )
+    barrier()  # every rank has checked the folder before rank 0 writes into it
+    on_main(lambda: save_config(cfg, config_path))
+    main = is_main()
+
+    tic = time.perf_counter()
+    splits = load_data(cfg)
+    objective = build_run_objective(cfg)
+    encoder = init_run_encoder(cfg, splits, objective.head_kind)
+    # AugmentConfig mirrors AugmentParams field for field (plus the preset name).
+    params = AugmentParams(**cfg.augment.model_dump(exclude={"kind"}))
+    make_views = build_augment(cfg.augment.kind, params).to(cfg.device)
+    tr = cfg.train
+    optimizer = build_sgd(
+        encoder,
+        lr=tr.peak_lr(),
+        momentum=tr.momentum,
+        weight_decay=tr.weight_decay,
+        nesterov=tr.nesterov,
+    )
+    n_steps = steps_per_epoch(splits.train, tr.batch_size, tr.drop_last)
+    if n_steps == 0:
+        raise ConfigError(
+            f"train.batch_size={tr.batch_size} exceeds the {len(splits.train)} training images"
+        )
+    schedule = warmup_cosine(
+        tr.peak_lr(),
+        tr.epochs * n_steps,
+        warmup_steps=round(tr.warmup_epochs * n_steps),
+        min_ratio=tr.min_lr_ratio,
+    )
+    settings = LoopSettings(
+        epochs=tr.epochs,
+        batch_size=tr.batch_size,
+        seed=cfg.seed,
+        log_every=tr.log_every,
+        drop_last=tr.drop_last,
+        keep_last=tr.keep_last,
+        keep_every=tr.keep_every,
+        channels_last=cfg.model.channels_last,
+        progress=progress,
+        precision=tr.precision,
+        compile=tr.compile,
+        sync_batchnorm=tr.sync_batchnorm,
+    )
+    # What loading the run needs besides the config: the head it was trained with.
+    metadata = {
+        "config": json.dumps(cfg.model_dump(mode="json")),
+        "run_id": cfg.run_id(),
+        "head_kind": objective.head_kind,
+        "views_per_sample": str(objective.n_views),
+        "feature_dim": str(encoder.feature_dim),
+    }
+    with contextlib.ExitStack() as stack:
+        log = stack.enter_context(MetricLog(run_dir, tensorboard=tr.tensorboard)) if main else None
+        result = train(
+            encoder,
+            objective,
+            make_views,
+            splits.train,
+            optimizer,
+            schedule,
+            checkpoint_dir,
+            settings,
+            weights_metadata=metadata,
+            resume=resume,
+            metric_log=log,
+        )
+    summary = {
+        "run_id": cfg.run_id(),
+        "name": cfg.name,
+        "objective": cfg.objective.name,
+        "epochs": result.epochs_completed,
+        "resumed_from": result.resumed_from,
+        "train_images": len(splits.train),
+        "processes": context().world_size,
+        "peak_lr": tr.peak_lr(),
+        "history": result.history,
+        "checkpoint": str(result.checkpoint.path) if result.checkpoint else None,
+        "wall_seconds": time.perf_counter() - tic,
+        **provenance(),
+    }
+    return publish(run_dir / TRAIN_FILE, summary)
+
+
+def train_rows(summary: dict[str, Any]) -> Rows:
+    """Rows of the train stage: per-epoch means of every logged metric, and the wall time."""
+    rows: Rows = [{"metric": "train_seconds", "value": summary["wall_seconds"]}]
+    for record in summary["history"]:
+        epoch = int(record["epoch"])
+        for key, value in record.items():
+            if key != "epoch":
+                rows.append({"metric": f"train/{key}", "epoch": epoch, "value": value})
+    return rows
+
+
+register_stage(
+    Stage(
+        name="train",
+        order=10,
+        run=lambda cfg, progress: train_rows(run_train(cfg, resume=True, progress=progress)),
+        digest=lambda cfg: cfg.run_id(),
+        sections=("training",),
+    )
+)

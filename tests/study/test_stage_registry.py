@@ -1,0 +1,88 @@
+"""The stage registry drives the runner: a stage added in a test runs, keys and skips like the others."""
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from cslrobust.config import RunConfig, canonical_hash
+from cslrobust.errors import ConfigError
+from cslrobust.study.run_folder import ATTACK_FILE, load_probed_run
+from cslrobust.study.runner import run_study, study_cells
+from cslrobust.study.spec import load_study
+from cslrobust.study.stages import STAGES, Stage, stage_keys
+
+
+def test_keys_chain_the_digests_of_the_stages_a_stage_needs():
+    cfg = RunConfig()
+    keys = stage_keys(cfg, ["attack", "probe", "train"])
+    assert list(keys) == ["train", "probe", "attack"]  # pipeline order, whatever the request order
+    probe = canonical_hash({"train": cfg.run_id(), "probe": cfg.probe.model_dump(mode="json")})
+    assert keys["train"] == f"train:{cfg.run_id()}"
+    assert keys["probe"] == f"probe:{probe}"
+    steps = stage_keys(
+        cfg.model_copy(update={"attack": cfg.attack.model_copy(update={"steps": 3})})
+    )
+    assert steps["attack"] != stage_keys(cfg)["attack"] and steps["probe"] == keys["probe"]
+
+
+def test_unknown_stage_in_a_study_is_one_line(synthetic_study):
+    with pytest.raises(ConfigError) as info:
+        load_study(synthetic_study(epochs=1), ["stages=[train, tpyo]"])
+    assert "stages=" in str(info.value) and "unknown stage 'tpyo'" in str(info.value)
+
+
+def _rows(db: Path, metric: str) -> list[tuple]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT cell_id, stage, value FROM results WHERE metric = ?", (metric,)
+        ).fetchall()
+
+
+def test_a_stage_registered_in_a_test_runs_through_the_runner(
+    synthetic_study, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("CSLROBUST_DATA", str(tmp_path / "cache"))
+    calls: list[tuple[str, int]] = []
+
+    def run(cfg: RunConfig, progress: bool) -> list[dict]:
+        del progress
+        probed = load_probed_run(cfg.run_dir, config=cfg)
+        calls.append((cfg.name, cfg.attack.steps))
+        weight_norm = float(probed.head.weight.detach().norm())
+        return [{"metric": "toy/probe_weight_norm", "value": weight_norm, "epoch": 1}]
+
+    toy = Stage(
+        name="toy",
+        order=35,
+        run=run,
+        needs=("probe",),
+        key_inputs=lambda cfg: {"steps": cfg.attack.steps},
+    )
+    monkeypatch.setitem(STAGES._entries, "toy", toy)
+    study = synthetic_study(epochs=1)
+    spec = load_study(study, ["stages=[train, probe, attack, toy]"])
+    messages: list[str] = []
+    run_study(spec, progress=False, echo=messages.append)
+    assert sorted(steps for _, steps in calls) == [2, 2, 2]
+    assert all(list(c.stages) == ["train", "probe", "attack", "toy"] for c in study_cells(spec))
+    db = spec.output_dir / "results.db"
+    rows = _rows(db, "toy/probe_weight_norm")
+    assert len(rows) == 3 and all(
+        stage.startswith("toy:") and value > 0 for _, stage, value in rows
+    )
+
+    # Done stages are skipped; a change of the toy stage's inputs re-runs it and the attack only,
+    # and the attack stage runs with the study's new settings (not the ones saved at training).
+    calls.clear()
+    spec2 = load_study(study, ["stages=[train, probe, attack, toy]", "base.attack.steps=3"])
+    messages.clear()
+    run_study(spec2, progress=False, echo=messages.append)
+    assert sorted(steps for _, steps in calls) == [3, 3, 3]
+    assert sum("toy done" in m for m in messages) == 3
+    assert not any("train done" in m or "probe done" in m for m in messages)
+    import json
+
+    for cell in study_cells(spec2):
+        record = json.loads((cell.config.run_dir / ATTACK_FILE).read_text())
+        assert {r["steps"] for r in record["results"] if r["attack"] == "pgd"} == {3}
