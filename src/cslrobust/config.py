@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from cslrobust.errors import ConfigError
+from cslrobust.records import write_json_atomic
 
 #: Largest L-inf radius accepted as a bare number. Radii used to be written in units of 1/255
 #: (``eps_linf: [0.5, 1, 2, 4]``); such values are all above this bound, so an old file is rejected
@@ -555,10 +556,7 @@ def load_run_config(path: Path | None = None, overrides: Iterable[str] = ()) -> 
 
 def save_config(config: BaseModel, path: Path) -> None:
     """Write the resolved config as pretty JSON (atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(config.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, config.model_dump(mode="json"))
 
 
 #: The L-inf radii of version-1 configs, which were numbers in units of 1/255.
