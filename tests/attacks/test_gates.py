@@ -1,19 +1,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import Tensor, nn
 
-from cslrobust.attacks import AttackTarget
+from cslrobust.attacks import AttackTarget, input_gradient
 from cslrobust.attacks.autoattack import AutoAttackBudget, run_autoattack
 from cslrobust.attacks.gates import (
     ConvergenceSettings,
+    GateAttack,
     GateResult,
     GateThresholds,
     binomial_tolerance,
+    check_eps_zero,
+    check_large_eps,
     format_gates,
     gate_adversarial_examples,
     gate_attack_ordering,
@@ -69,7 +73,10 @@ def test_pgd_convergence() -> None:
 
 def test_attack_ordering() -> None:
     good = {"clean": 0.9, "fgsm": 0.5, "pgd": 0.3, "autoattack": 0.28}
-    assert gate_attack_ordering(good, 1000).passed
+    ok = gate_attack_ordering(good, 1000)
+    assert ok.passed
+    # clean >= attacked holds by construction: it is not compared.
+    assert "clean" not in ok.details["accuracies"] and ok.message.startswith("order fgsm >= pgd")
     # PGD a little above FGSM: within two standard errors of 500 samples (4.4 points).
     assert gate_attack_ordering({"clean": 0.9, "fgsm": 0.40, "pgd": 0.41}, 500).passed
     bad = gate_attack_ordering({"clean": 0.9, "fgsm": 0.10, "pgd": 0.40}, 1000)
@@ -236,11 +243,14 @@ def test_run_gates_with_target(toy_model: nn.Module, toy_test_data: Data) -> Non
     by_name = {g.name.split("[")[0] for g in gates}
     assert by_name == {
         "eps_zero",
+        "eps_zero_path",  # always run with a target
+        "large_eps",  # always run with a target, at thresholds.large_eps
         "monotone_in_eps",
         "adversarial_examples",
         "input_gradients",
         "pgd_convergence",
     }
+    assert "large_eps[pgd/linf/eps=0.06275]" in {g.name for g in gates}
     assert sum(g.name.startswith("adversarial_examples") for g in gates) == 2
     for g in gates:
         if g.name.startswith("pgd_convergence"):
@@ -248,3 +258,91 @@ def test_run_gates_with_target(toy_model: nn.Module, toy_test_data: Data) -> Non
             assert not math.isnan(g.details["accuracy_restarts"])
         else:
             assert g.passed, g
+
+
+class _Quantised(nn.Module):
+    """Rounds its input to 8 bits before the model: piecewise constant, so input gradients are 0."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(torch.round(x * 255) / 255)
+
+
+def _perturbs_at_zero(size: float) -> Callable[..., Tensor]:
+    """An attack that takes one gradient-sign step of ``size`` and forgets to project on the ball."""
+
+    def leaky_fgsm(target: AttackTarget, x: Tensor, y: Tensor, **_: object) -> Tensor:
+        _, _, grad = input_gradient(target, x, y)
+        return (x + size * grad.sign()).clamp(0, 1)
+
+    return leaky_fgsm
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [GateAttack(), GateAttack(norm="l2", restarts=2), GateAttack("fgsm")],
+    ids=["pgd-linf", "pgd-l2-restarts", "fgsm"],
+)
+def test_eps_zero_path_passes_for_the_builtin_attacks(
+    toy_model: nn.Module, toy_test_data: Data, settings: GateAttack
+) -> None:
+    images, labels = toy_test_data[0][:64], toy_test_data[1][:64]
+    gate = check_eps_zero(toy_model, images, labels, settings, seed=0)
+    assert gate.passed, gate.message
+    assert gate.details["max_perturbation"] == 0.0
+    assert gate.details["accuracy_at_zero"] == gate.details["clean_accuracy"] > 0.9
+    assert gate.details["step_size"] > 0  # the steps really move before the projection
+
+
+@pytest.mark.parametrize("size", [1e-7, 4 / 255])
+def test_eps_zero_path_fails_for_an_attack_that_perturbs_at_eps_zero(
+    toy_model: nn.Module, toy_test_data: Data, size: float
+) -> None:
+    images, labels = toy_test_data[0][:64], toy_test_data[1][:64]
+    gate = check_eps_zero(toy_model, images, labels, GateAttack(_perturbs_at_zero(size)), seed=0)
+    assert not gate.passed and gate.name == "eps_zero_path[leaky_fgsm/linf]"
+    if size < 1e-6:  # inside the per-batch check's float32 tolerance: caught by exact equality
+        assert gate.details["max_perturbation"] > 0
+        assert "differs from x" in gate.message
+    else:  # the per-batch threat-model check trips; the gate reports it instead of raising
+        assert "leaves the threat model" in gate.message and "exceeds eps 0" in gate.message
+
+
+def test_large_eps_check_fails_on_input_quantisation(
+    toy_model: nn.Module, toy_test_data: Data
+) -> None:
+    images, labels = toy_test_data[0][:64], toy_test_data[1][:64]
+    ok = check_large_eps(toy_model, images, labels, seed=0)
+    assert ok.passed and ok.details["accuracy"] <= 0.02, ok.message
+    assert ok.name == "large_eps[pgd/linf/eps=0.06275]" and ok.details["eps"] == 16 / 255
+    masked = _Quantised(toy_model)
+    bad = check_large_eps(masked, images, labels, seed=0)
+    # Clean accuracy is unchanged by 8-bit rounding, but PGD cannot move: masking is flagged.
+    assert bad.details["clean_accuracy"] == ok.details["clean_accuracy"]
+    assert not bad.passed and bad.details["accuracy"] > 0.5
+    assert "gradient masking suspected" in bad.message
+    assert not gate_input_gradients(masked, images, labels).passed  # the other masking gate
+
+
+def test_run_gates_passes_the_large_eps_radius(toy_model: nn.Module, toy_test_data: Data) -> None:
+    images, labels = toy_test_data[0][:32], toy_test_data[1][:32]
+    gates = run_gates(
+        target=toy_model,
+        images=images,
+        labels=labels,
+        gate_attacks=[GateAttack(steps=5, relative_step_size=0.5), GateAttack("fgsm")],
+        thresholds=GateThresholds(large_eps=0.1),
+    )
+    by_name = {g.name: g for g in gates}
+    assert set(by_name) == {
+        "eps_zero_path[pgd/linf]",
+        "eps_zero_path[fgsm/linf]",
+        "large_eps[pgd/linf/eps=0.1]",  # not FGSM (exempt)
+        "input_gradients",
+    }
+    assert by_name["large_eps[pgd/linf/eps=0.1]"].details["eps"] == 0.1
+    assert by_name["large_eps[pgd/linf/eps=0.1]"].details["step_size"] == pytest.approx(0.05)
+    assert by_name["eps_zero_path[pgd/linf]"].details["step_size"] == pytest.approx(0.05)

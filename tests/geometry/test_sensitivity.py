@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import Tensor
 
+from cslrobust.errors import ConfigError
 from cslrobust.geometry import (
+    SENSITIVITY_MEASURES,
+    SensitivityInputs,
     feature_sensitivity,
+    normalized_feature_sensitivity,
     perturbation_norms,
     random_like_norm,
+    sensitivity_ratio,
+    sensitivity_summaries,
     summarize_sensitivity,
 )
 
@@ -72,3 +81,111 @@ def test_errors() -> None:
         random_like_norm(torch.zeros(2, 3), "l1", None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="floating"):
         random_like_norm(torch.zeros(2, 3, dtype=torch.long), "l2", None)
+
+
+A1, A2 = 2.0, 5.0
+T = torch.tensor([1e-3, 0.1, 0.5, 2.0], dtype=torch.float64)  # perturbation sizes
+
+
+def _toy(scale: float) -> SensitivityInputs:
+    """f(x) = scale * diag(A1, A2) x at x = e1; adversarial d = t e2, random r = t e1.
+
+    Closed forms: raw sensitivities ``scale * A2`` (adversarial) and ``scale * A1`` (random), so
+    the ratio is ``A2 / A1``; on the sphere the adversarial step turns the feature by
+    ``theta = atan(A2 t / A1)``, a chord of ``2 sin(theta / 2)``, and the radial random step
+    does not move it at all.
+    """
+    t = T
+    a = torch.tensor([A1, A2], dtype=torch.float64)
+    x = torch.tensor([1.0, 0.0], dtype=torch.float64).expand(4, 2)
+    d = torch.stack([torch.zeros_like(t), t], dim=1)
+    r = torch.stack([t, torch.zeros_like(t)], dim=1)
+    return SensitivityInputs(
+        f_clean=scale * x * a,
+        f_adv=scale * (x + d) * a,
+        f_random=scale * (x + r) * a,
+        adv_norms=t,
+        random_norms=t,
+        chunk_size=3,
+    )
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 37.5])
+def test_normalized_sensitivity_and_ratio_closed_form_and_scale_free(scale: float) -> None:
+    inputs = _toy(scale)
+    theta = torch.atan(A2 * T / A1)
+    expected = 2 * torch.sin(theta / 2) / T
+    adv = normalized_feature_sensitivity(inputs.f_clean, inputs.f_adv, inputs.adv_norms)
+    torch.testing.assert_close(adv, expected, rtol=1e-10, atol=1e-12)
+    rnd = normalized_feature_sensitivity(inputs.f_clean, inputs.f_random, inputs.random_norms)
+    torch.testing.assert_close(rnd, torch.zeros(4, dtype=torch.float64), rtol=0, atol=1e-12)
+    raw_adv = feature_sensitivity(inputs.f_clean, inputs.f_adv, inputs.adv_norms)
+    raw_rnd = feature_sensitivity(inputs.f_clean, inputs.f_random, inputs.random_norms)
+    torch.testing.assert_close(raw_adv, torch.full((4,), scale * A2, dtype=torch.float64))
+    torch.testing.assert_close(sensitivity_ratio(raw_adv, raw_rnd), torch.full_like(T, A2 / A1))
+    summaries = sensitivity_summaries(inputs)
+    assert set(summaries) == {"pgd", "random", "pgd_normalized", "random_normalized", "ratio"}
+    assert summaries["ratio"]["median"] == pytest.approx(A2 / A1, rel=1e-12)
+    assert summaries["pgd"]["median"] == pytest.approx(scale * A2, rel=1e-12)
+    assert summaries["pgd_normalized"]["mean"] == pytest.approx(float(expected.mean()), rel=1e-10)
+
+
+def test_scale_free_measures_ignore_a_constant_feature_scale(gen: torch.Generator) -> None:
+    """A random nonlinear map: every measure flagged scale_free is unchanged by f -> c f."""
+    w = torch.randn(6, 10, generator=gen, dtype=torch.float64)
+    x = torch.rand(30, 10, generator=gen, dtype=torch.float64)
+    d = 0.05 * torch.randn(30, 10, generator=gen, dtype=torch.float64)
+    r = random_like_norm(d, "l2", gen)
+
+    def f(v: Tensor) -> Tensor:
+        return torch.relu(v @ w.T) + 0.1
+
+    def at(scale: float) -> dict[str, dict[str, float]]:
+        inputs = SensitivityInputs(
+            scale * f(x), scale * f(x + d), scale * f(x + r), d.norm(dim=1), r.norm(dim=1)
+        )
+        return sensitivity_summaries(inputs)
+
+    base, scaled = at(1.0), at(250.0)
+    for name in SENSITIVITY_MEASURES.names():
+        measure = SENSITIVITY_MEASURES.get(name)
+        if measure.scale_free:
+            assert scaled[name] == pytest.approx(base[name], rel=1e-9), name
+        else:
+            assert scaled[name]["median"] == pytest.approx(250 * base[name]["median"], rel=1e-9)
+    assert {
+        n for n in SENSITIVITY_MEASURES.names() if not SENSITIVITY_MEASURES.get(n).scale_free
+    } == {
+        "pgd",
+        "random",
+    }
+
+
+def test_zero_perturbations_are_left_out_not_fatal(gen: torch.Generator) -> None:
+    f0 = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    f1 = f0 + 0.1 * torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    norms = torch.tensor([0.0, 1.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+    inputs = SensitivityInputs(f0, f1, f1, norms, norms)
+    per_sample = SENSITIVITY_MEASURES.get("pgd").fn(inputs)
+    assert math.isnan(float(per_sample[0]))
+    # The same values as the raw function on the perturbed rows only (the existing analysis keys).
+    torch.testing.assert_close(per_sample[1:], feature_sensitivity(f0[1:], f1[1:], norms[1:]))
+    summary = sensitivity_summaries(inputs, ["pgd", "ratio"])
+    assert summary["pgd"] == summarize_sensitivity(feature_sensitivity(f0[1:], f1[1:], norms[1:]))
+    assert summary["ratio"]["median"] == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="unknown sensitivity measure"):
+        sensitivity_summaries(inputs, ["raw"])
+
+
+def test_ratio_and_inputs_errors() -> None:
+    ratio = sensitivity_ratio(torch.tensor([1.0, 2.0, float("nan")]), torch.tensor([0.5, 0.0, 1.0]))
+    assert ratio[0] == 2.0 and math.isnan(ratio[1]) and math.isnan(ratio[2])
+    with pytest.raises(ValueError, match="1-D"):
+        sensitivity_ratio(torch.ones(3), torch.ones(2))
+    f = torch.ones(3, 2)
+    with pytest.raises(ValueError, match=">= 0"):
+        SensitivityInputs(f, f, f, torch.tensor([1.0, -1.0, 1.0]), torch.ones(3))
+    with pytest.raises(ValueError, match="same shape"):
+        SensitivityInputs(f, f[:2], f, torch.ones(3), torch.ones(3))
+    with pytest.raises(ValueError, match="all-zero row"):
+        normalized_feature_sensitivity(torch.zeros(3, 2), f, torch.ones(3))

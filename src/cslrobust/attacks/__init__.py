@@ -12,13 +12,16 @@ from cslrobust.attacks.autoattack import (
     AutoAttackResult,
     run_autoattack,
 )
-from cslrobust.attacks.checks import check_logits, check_perturbation
+from cslrobust.attacks.checks import ThreatModelViolation, check_logits, check_perturbation
 from cslrobust.attacks.evaluate import AttackResult, clean_accuracy, robust_accuracy
 from cslrobust.attacks.fgsm import fgsm
 from cslrobust.attacks.gates import (
     ConvergenceSettings,
+    GateAttack,
     GateResult,
     GateThresholds,
+    check_eps_zero,
+    check_large_eps,
     format_gates,
     run_gates,
 )
@@ -53,13 +56,17 @@ __all__ = [
     "AutoAttackBudget",
     "AutoAttackResult",
     "ConvergenceSettings",
+    "GateAttack",
     "GateResult",
     "GateThresholds",
     "MinNormResult",
     "Norm",
     "SweepRow",
     "SweepSummary",
+    "ThreatModelViolation",
     "autoattack_sweep",
+    "check_eps_zero",
+    "check_large_eps",
     "check_logits",
     "check_perturbation",
     "clean_accuracy",

@@ -11,6 +11,10 @@ from torch import Tensor
 from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
 
 
+class ThreatModelViolation(ValueError):
+    """An attack returned a point outside [0,1] or the eps-ball, or a non-finite one."""
+
+
 def check_perturbation(
     x: Tensor, x_adv: Tensor, eps: float, norm: Norm, *, atol: float = 1e-6
 ) -> None:
@@ -30,7 +34,9 @@ def check_perturbation(
         x, x_adv: ``(B, ...)``, same shape.
 
     Raises:
-        ValueError: With the offending numbers (and sample index) when a condition fails.
+        ValueError: If the shapes differ.
+        ThreatModelViolation: With the offending numbers (and sample index) when ``x_adv`` is
+            non-finite, leaves [0,1] or leaves the eps-ball.
     """
     norm = validate_norm(norm)
     if x_adv.shape != x.shape:
@@ -38,14 +44,16 @@ def check_perturbation(
     if x_adv.numel() == 0:
         return
     if not bool(torch.isfinite(x_adv).all()):
-        raise ValueError("x_adv contains NaN or infinite values")
+        raise ThreatModelViolation("x_adv contains NaN or infinite values")
     low, high = torch.aminmax(x_adv)
     if low.item() < -atol or high.item() > 1.0 + atol:
-        raise ValueError(f"x_adv leaves [0,1]: min {low.item():.9g}, max {high.item():.9g}")
+        raise ThreatModelViolation(
+            f"x_adv leaves [0,1]: min {low.item():.9g}, max {high.item():.9g}"
+        )
     norms = perturbation_norm(x_adv.double() - x.double(), norm)
     worst = int(norms.argmax())
     if norms[worst].item() > eps + atol:
-        raise ValueError(
+        raise ThreatModelViolation(
             f"sample {worst}: {norm} perturbation {norms[worst].item():.9g} exceeds eps {eps:.9g} "
             f"(tolerance {atol:g})"
         )

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from cslrobust.attacks.checks import check_logits, check_perturbation
 from cslrobust.attacks.pgd import default_step_size
-from cslrobust.attacks.registry import ATTACKS
+from cslrobust.attacks.registry import ATTACKS, AttackFn
 from cslrobust.attacks.target import AttackTarget, frozen_eval
 from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
 from cslrobust.distributed import sharded_batches
@@ -171,7 +171,7 @@ def robust_accuracy(
     images: Tensor,
     labels: Tensor,
     *,
-    attack: str,
+    attack: str | AttackFn,
     eps: float,
     norm: Norm = "linf",
     steps: int = 10,
@@ -193,7 +193,8 @@ def robust_accuracy(
             call, then restored).
         images: Inputs in [0,1] (any device).
         labels: Integer labels.
-        attack: Name in :data:`~cslrobust.attacks.registry.ATTACKS` (``"fgsm"``, ``"pgd"``).
+        attack: Name in :data:`~cslrobust.attacks.registry.ATTACKS` (``"fgsm"``, ``"pgd"``), or an
+            :class:`~cslrobust.attacks.registry.AttackFn` (sanity gates, tests).
         eps: Radius of the threat model, a fraction of the [0,1] range (e.g. 8/255).
         norm: ``"linf"`` or ``"l2"``.
         steps: Gradient steps per restart (iterative attacks).
@@ -213,9 +214,11 @@ def robust_accuracy(
 
     Raises:
         ConfigError: If ``attack`` is not registered.
-        ValueError: On invalid arguments, or when a batch fails a sanity check.
+        ValueError: On invalid arguments, or when a batch fails a sanity check
+            (:class:`~cslrobust.attacks.checks.ThreatModelViolation` for ``x_adv``).
     """
-    attack_fn = ATTACKS.get(attack)
+    attack_fn = ATTACKS.get(attack) if isinstance(attack, str) else attack
+    attack_name = attack if isinstance(attack, str) else getattr(attack, "__name__", "attack")
     norm = validate_norm(norm)
     resolved_step_size = step_size if step_size is not None else default_step_size(eps, steps)
     device = torch.device(device)
@@ -245,7 +248,7 @@ def robust_accuracy(
         batch_size=batch_size,
         device=device,
         progress=progress,
-        description=f"{attack} {norm} eps={eps:.4g}",
+        description=f"{attack_name} {norm} eps={eps:.4g}",
     )
 
 

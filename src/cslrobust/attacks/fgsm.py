@@ -17,8 +17,8 @@ from cslrobust.attacks.threat_model import Norm, ascent_direction, project, vali
 def fgsm(target: AttackTarget, x: Tensor, y: Tensor, *, eps: float, norm: Norm = "linf") -> Tensor:
     """One step of size ``eps`` along the ``norm``-steepest ascent direction of the cross-entropy.
 
-    The result is projected onto the eps-ball (a no-op up to rounding) and onto [0,1]. ``eps == 0``
-    returns a copy of ``x`` exactly.
+    The result is projected onto the eps-ball (a no-op up to rounding) and onto [0,1]. There is no
+    shortcut at ``eps == 0``: the gradient step runs and the projection returns ``x`` exactly.
 
     Args:
         target: The frozen eval-mode model.
@@ -39,8 +39,6 @@ def fgsm(target: AttackTarget, x: Tensor, y: Tensor, *, eps: float, norm: Norm =
     norm = validate_norm(norm)
     validate_attack_inputs(target, x, y, eps)
     x = x.detach()
-    if eps == 0.0:
-        return x.clone()
     _, _, grad = input_gradient(target, x, y)
     return project(x + eps * ascent_direction(grad, norm), x, eps, norm)
 

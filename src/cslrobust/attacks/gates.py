@@ -3,28 +3,45 @@
 A robust-accuracy number is only as good as the attack behind it (Carlini et al., "On Evaluating
 Adversarial Robustness", 2019; Athalye et al., ICML 2018). Each gate returns a :class:`GateResult`
 with the numbers behind it, and never raises on a failure: the caller decides what a failed gate
-blocks, and :func:`format_gates` shows failures prominently. Gates are pure functions over results,
-except :func:`gate_adversarial_examples` (re-evaluates the returned adversarial examples) and
-:func:`gate_input_gradients` (needs gradients), which take the target.
+blocks, and :func:`format_gates` shows failures prominently. Gates over results are pure functions;
+:func:`check_eps_zero`, :func:`check_large_eps`, :func:`check_pgd_convergence`,
+:func:`gate_adversarial_examples` and :func:`gate_input_gradients` take the target and run it.
 
-Tolerances, and why:
+Every gate below can fail; how, and with what tolerance:
 
-- eps = 0: exact equality; both numbers come from the same deterministic forward pass.
-- Monotone in eps: tolerance 0 by default. The same images (and, for PGD, the same random-start
-  draws) are attacked at every eps, so there is no sampling noise between the points; a rise means
-  the attack failed somewhere a smaller ball succeeded. ``monotone_tolerance`` allows a few samples.
-- PGD convergence: doubling the steps (or adding restarts) must not lower accuracy by more than 0.5
-  points; otherwise the attack has not converged and the reported number is too optimistic.
-- Ordering clean >= FGSM >= PGD >= AutoAttack: a weaker attack may beat a stronger one by chance on a
-  few samples, so the stronger one may exceed the weaker by at most ``z`` binomial standard errors,
-  ``z * sqrt(p * (1 - p) / n)`` with ``p`` the mean of the two accuracies (``z = 2`` by default).
-- Large eps (16/255 L-inf): accuracy under PGD and AutoAttack must fall to <= 2%; a
-  non-adversarially trained classifier has no robustness there, so a higher number suggests
-  gradient masking. FGSM is exempt: a single linearised step can stay well above 2%.
-- Adversarial examples: re-evaluated from scratch they must reproduce the reported robust accuracy
-  (up to ``max_mismatch`` samples) and lie in [0,1] and the eps-ball (``atol`` 1e-6 for float32).
-- Input gradients: at least 99% of samples must have a non-zero loss gradient; a zero gradient is
-  the classic gradient-masking symptom (AutoAttack's ``check_zero_gradients``).
+- ``eps_zero_path`` (:func:`check_eps_zero`, always run with a target): the attack runs its whole
+  code path at eps = 0 (random start, every step and restart, with the non-zero step size it would
+  use at the large eps), and must return every input bit for bit with accuracy equal to clean
+  accuracy. Fails on a projection that lets a step through, NaN steps, an attack that perturbs at
+  eps = 0 (tested with such an attack), or a model whose clean and attacked paths differ.
+  The attacks have no eps = 0 shortcut, so the row-based ``eps_zero`` gate (a sweep row at
+  eps = 0 vs its clean accuracy, exact equality) fails on the same defects.
+- ``large_eps`` (:func:`check_large_eps`, always run with a target, radius
+  ``GateThresholds.large_eps``, default 16/255 L-inf as a fraction of [0,1]; also applied to every
+  PGD/AutoAttack L-inf row at or above that radius): accuracy must fall to <= 2%. A
+  non-adversarially trained classifier has no robustness there, so a higher number means gradient
+  masking or a too weak attack (tested with a model that quantises its input, whose gradient is
+  zero). FGSM is exempt: a single linearised step can stay well above 2%.
+- ``input_gradients``: at least 99% of samples must have a non-zero loss gradient; fails on a
+  detached output or a step-function input quantisation (AutoAttack's ``check_zero_gradients``).
+- ``pgd_convergence``: doubling the steps, or adding restarts, must not lower accuracy by more than
+  0.5 points; otherwise the attack has not converged and the reported number is too optimistic.
+  (Restarts can only lower accuracy, since the first restart repeats the single run; the gate
+  bounds by how much.)
+- ``monotone_in_eps``: tolerance 0 by default. The same images (and, for PGD, the same
+  random-start draws) are attacked at every eps, so there is no sampling noise between the points; a
+  rise means the attack failed somewhere a smaller ball succeeded.
+- ``attack_ordering`` (FGSM >= PGD >= AutoAttack): a weaker attack may beat a stronger one by
+  chance on a few samples, so the stronger one may exceed the weaker by at most ``z`` binomial
+  standard errors, ``z * sqrt(p * (1 - p) / n)`` with ``p`` the mean of the two (``z = 2``).
+- ``adversarial_examples``: AutoAttack's returned points, re-evaluated from scratch, must reproduce
+  its robust accuracy (up to ``max_mismatch`` samples) and lie in [0,1] and the eps-ball (``atol``
+  1e-6 for float32).
+
+Comparisons that hold by construction are not gates: clean accuracy >= robust accuracy (a sample is
+robust only if it is also clean-correct, :mod:`~cslrobust.attacks.evaluate`), so "clean" is not part
+of the ordering; and an eps = 0 comparison against an attack that returns its input early (the
+former shortcut, now removed).
 """
 
 from __future__ import annotations
@@ -40,13 +57,17 @@ import torch
 from torch import Tensor, nn
 
 from cslrobust.attacks.autoattack import AutoAttackResult
-from cslrobust.attacks.evaluate import robust_accuracy
+from cslrobust.attacks.checks import ThreatModelViolation
+from cslrobust.attacks.evaluate import AttackResult, robust_accuracy
+from cslrobust.attacks.pgd import default_step_size
+from cslrobust.attacks.registry import AttackFn
 from cslrobust.attacks.target import AttackTarget, frozen_eval, input_gradient
 from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
 from cslrobust.distributed import sharded_batches
 
-#: The expected strength order, weakest first; AutoAttack rows are named ``"autoattack"``.
-ATTACK_ORDER: tuple[str, ...] = ("clean", "fgsm", "pgd", "autoattack")
+#: The expected strength order, weakest first; AutoAttack rows are named ``"autoattack"``. Clean
+#: accuracy is not in it: robust <= clean holds by construction.
+ATTACK_ORDER: tuple[str, ...] = ("fgsm", "pgd", "autoattack")
 
 _EPS_MATCH = 1e-12  # two eps values closer than this are the same budget
 # autograd's messages when the loss has no graph back to the input (a detached output)
@@ -79,7 +100,9 @@ class GateThresholds:
         max_convergence_drop: Largest allowed accuracy drop from doubling PGD steps or adding
             restarts (0.005 = 0.5 points).
         ordering_z: Standard errors a stronger attack may exceed a weaker one by.
-        large_eps: L-inf eps from which accuracy must be near zero (16/255).
+        large_eps: L-inf radius, a fraction of [0,1] (default 16/255), at which
+            :func:`check_large_eps` always attacks, and from which accuracy of any row must be near
+            zero. Keep it above the largest reported eps.
         large_eps_max_accuracy: The "near zero" threshold (0.02 = 2%).
         large_eps_attacks: Attacks the large-eps gate applies to. Not FGSM: one linearised step
             can legitimately leave a standard model well above 2% at 16/255.
@@ -259,10 +282,11 @@ def gate_attack_ordering(
     """Stronger attacks must not leave a higher accuracy than weaker ones, beyond sampling noise.
 
     Every pair in ``order`` present in ``accuracies`` (weaker first) is checked:
-    ``acc(stronger) <= acc(weaker) + z * sqrt(p (1 - p) / n)``, ``p`` the mean of the two.
+    ``acc(stronger) <= acc(weaker) + z * sqrt(p (1 - p) / n)``, ``p`` the mean of the two. Names
+    not in ``order`` (such as ``"clean"``, which no attack can exceed by construction) are ignored.
 
     Args:
-        accuracies: Name -> accuracy, e.g. ``{"clean": .9, "fgsm": .4, "pgd": .2, "autoattack": .1}``.
+        accuracies: Name -> accuracy, e.g. ``{"fgsm": .4, "pgd": .2, "autoattack": .1}``.
         n: Number of evaluated samples.
         order: Names from weakest to strongest.
         z: Standard errors of slack.
@@ -484,6 +508,205 @@ def _as_target(model: nn.Module) -> Iterator[AttackTarget]:
 
 
 @dataclass(frozen=True)
+class GateAttack:
+    """The attack behind the reported numbers, as the always-run gates re-run it.
+
+    Attributes:
+        attack: Name in :data:`~cslrobust.attacks.registry.ATTACKS`, or an attack function.
+        norm: ``"linf"`` or ``"l2"``; the large-eps gate runs for L-inf attacks only.
+        steps: Gradient steps per restart.
+        relative_step_size: Step size as a multiple of eps; None: ``2.5 / steps`` (Madry).
+        restarts: Random restarts.
+    """
+
+    attack: str | AttackFn = "pgd"
+    norm: Norm = "linf"
+    steps: int = 10
+    relative_step_size: float | None = None
+    restarts: int = 1
+
+    @property
+    def name(self) -> str:
+        """The attack's registry name (or the function's name)."""
+        if isinstance(self.attack, str):
+            return self.attack
+        return str(getattr(self.attack, "__name__", "attack"))
+
+    def step_size(self, eps: float) -> float:
+        """The step length used at radius ``eps``."""
+        if self.relative_step_size is not None:
+            return self.relative_step_size * eps
+        return default_step_size(eps, self.steps)
+
+
+def _attack_or_violation(
+    target: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    settings: GateAttack,
+    *,
+    eps: float,
+    step_size: float,
+    seed: int,
+    batch_size: int,
+    device: str | torch.device,
+) -> AttackResult | ThreatModelViolation:
+    """:func:`robust_accuracy` with random start; a threat-model violation is returned, not raised."""
+    try:
+        return robust_accuracy(
+            target,
+            images,
+            labels,
+            attack=settings.attack,
+            eps=eps,
+            norm=settings.norm,
+            steps=settings.steps,
+            step_size=step_size,
+            random_start=True,
+            restarts=settings.restarts,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+        )
+    except ThreatModelViolation as violation:
+        return violation
+
+
+def check_eps_zero(
+    target: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    settings: GateAttack | None = None,
+    *,
+    step_eps: float = 16 / 255,
+    seed: int,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> GateResult:
+    """Run the attack's whole code path at eps = 0; it must return every input exactly.
+
+    Random start, every step and restart run, with the step size the attack uses at ``step_eps``
+    (non-zero, so each step moves the point and the projection must bring it back). Passes iff the
+    largest perturbation is exactly 0 and accuracy equals clean accuracy. Fails on an attack that
+    perturbs at eps = 0 (a broken projection, NaN steps), a point outside [0,1], or a model whose
+    clean and attacked paths differ.
+
+    Args:
+        target: An :class:`AttackTarget` or a model from [0,1] inputs to logits.
+        images: Inputs in [0,1]; labels: integer labels.
+        labels: Integer labels.
+        settings: The attack; None: PGD-10, L-inf, default step size.
+        step_eps: Radius whose step size the steps use (the large-eps gate's radius).
+        seed: Seeds the per-batch attack streams.
+        batch_size: Samples per batch.
+        device: Where the batches are attacked.
+    """
+    settings = settings or GateAttack()
+    step_size = settings.step_size(step_eps)
+    name = f"eps_zero_path[{settings.name}/{settings.norm}]"
+    details: dict[str, Any] = {
+        "steps": settings.steps,
+        "restarts": settings.restarts,
+        "step_size": step_size,
+    }
+    result = _attack_or_violation(
+        target,
+        images,
+        labels,
+        settings,
+        eps=0.0,
+        step_size=step_size,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    if isinstance(result, ThreatModelViolation):
+        details["error"] = str(result)
+        return GateResult(
+            name, False, details, f"at eps=0 the attack leaves the threat model: {result}"
+        )
+    details.update(
+        clean_accuracy=result.clean_accuracy,
+        accuracy_at_zero=result.robust_accuracy,
+        max_perturbation=result.max_perturbation,
+    )
+    problems = []
+    if result.max_perturbation != 0.0:
+        problems.append(f"x_adv differs from x by up to {result.max_perturbation:.3g} at eps=0")
+    if result.robust_accuracy != result.clean_accuracy:
+        problems.append(
+            f"accuracy at eps=0 is {_pct(result.robust_accuracy)} but clean accuracy is "
+            f"{_pct(result.clean_accuracy)}"
+        )
+    if problems:
+        return GateResult(name, False, details, "; ".join(problems))
+    return GateResult(
+        name,
+        True,
+        details,
+        f"the whole attack path at eps=0 (random start, steps={settings.steps}, "
+        f"restarts={settings.restarts}) returns the input; accuracy equals clean "
+        f"({_pct(result.clean_accuracy)})",
+    )
+
+
+def check_large_eps(
+    target: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    settings: GateAttack | None = None,
+    *,
+    eps: float = 16 / 255,
+    max_accuracy: float = 0.02,
+    seed: int,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> GateResult:
+    """Attack at the large radius ``eps`` (a fraction of [0,1]) and apply :func:`gate_large_eps`.
+
+    Args:
+        target: An :class:`AttackTarget` or a model from [0,1] inputs to logits.
+        images: Inputs in [0,1].
+        labels: Integer labels.
+        settings: The attack as used for the reported numbers; None: PGD-10, L-inf.
+        eps: The radius, e.g. 16/255.
+        max_accuracy: Largest accepted accuracy (0.02 = 2%).
+        seed: Seeds the per-batch attack streams.
+        batch_size: Samples per batch.
+        device: Where the batches are attacked.
+    """
+    settings = settings or GateAttack()
+    label = f"{settings.name}/{settings.norm}/eps={eps:.4g}"
+    result = _attack_or_violation(
+        target,
+        images,
+        labels,
+        settings,
+        eps=eps,
+        step_size=settings.step_size(eps),
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    if isinstance(result, ThreatModelViolation):
+        return GateResult(
+            f"large_eps{_suffix(label)}",
+            False,
+            {"eps": eps, "error": str(result)},
+            f"the attack leaves the threat model: {result}",
+        )
+    gate = gate_large_eps(result.robust_accuracy, eps=eps, max_accuracy=max_accuracy, label=label)
+    details = {
+        **gate.details,
+        "clean_accuracy": result.clean_accuracy,
+        "steps": settings.steps,
+        "restarts": settings.restarts,
+        "step_size": settings.step_size(eps),
+    }
+    return GateResult(gate.name, gate.passed, details, gate.message)
+
+
+@dataclass(frozen=True)
 class ConvergenceSettings:
     """Where to test PGD convergence: one (norm, eps), base steps and the restart count."""
 
@@ -570,6 +793,7 @@ def run_gates(
     images: Tensor | None = None,
     labels: Tensor | None = None,
     convergence: Sequence[ConvergenceSettings] = (),
+    gate_attacks: Sequence[GateAttack] | None = None,
     seed: int = 0,
     thresholds: GateThresholds | None = None,
     batch_size: int = 256,
@@ -581,15 +805,20 @@ def run_gates(
 
     - ``eps_zero`` for each row at eps = 0;
     - ``monotone_in_eps`` per (attack, norm) with at least two eps values;
-    - ``attack_ordering`` per (norm, eps > 0) with at least two of clean/FGSM/PGD/AutoAttack;
+    - ``attack_ordering`` per (norm, eps > 0) with at least two of FGSM/PGD/AutoAttack;
     - ``large_eps`` for each L-inf row of an attack in ``thresholds.large_eps_attacks`` (PGD,
       AutoAttack) at eps >= ``thresholds.large_eps``.
 
     With ``target``, ``images`` and ``labels`` (the images the results were computed on):
 
+    - ``eps_zero_path`` for each of ``gate_attacks`` (None: PGD-10 L-inf), always;
+    - ``large_eps`` at ``thresholds.large_eps`` for each L-inf one of ``gate_attacks`` in
+      ``thresholds.large_eps_attacks``, always;
     - ``adversarial_examples`` for each AutoAttack result (its ``x_adv``);
     - ``input_gradients`` once;
     - ``pgd_convergence`` for each entry of ``convergence``.
+
+    Pass as ``gate_attacks`` the attack settings the reported numbers were computed with.
 
     Raises:
         ValueError: If two rows share (attack, norm, eps), or rows disagree on n for one budget.
@@ -630,8 +859,7 @@ def run_gates(
         if len(sizes) != 1:
             raise ValueError(f"results at {norm} eps={eps:.6g} have different n: {sorted(sizes)}")
         accuracies = {p.attack: p.robust_accuracy for p in budget}
-        accuracies["clean"] = max(p.clean_accuracy for p in budget)
-        if sum(name in accuracies for name in ATTACK_ORDER) >= 3:  # clean + two attacks
+        if sum(name in accuracies for name in ATTACK_ORDER) >= 2:
             gates.append(
                 gate_attack_ordering(
                     accuracies, sizes.pop(), z=th.ordering_z, label=f"{norm}/eps={eps:.4g}"
@@ -652,6 +880,23 @@ def run_gates(
                 )
             )
     if target is not None and images is not None and labels is not None:
+        common: dict[str, Any] = {"seed": seed, "batch_size": batch_size, "device": device}
+        for gate_attack in (GateAttack(),) if gate_attacks is None else gate_attacks:
+            gates.append(
+                check_eps_zero(target, images, labels, gate_attack, step_eps=th.large_eps, **common)
+            )
+            if gate_attack.norm == "linf" and gate_attack.name in th.large_eps_attacks:
+                gates.append(
+                    check_large_eps(
+                        target,
+                        images,
+                        labels,
+                        gate_attack,
+                        eps=th.large_eps,
+                        max_accuracy=th.large_eps_max_accuracy,
+                        **common,
+                    )
+                )
         for result in autoattack:
             gates.append(
                 gate_adversarial_examples(

@@ -57,8 +57,10 @@ def pgd(
 
     Each step is ``x <- project(x + step_size * d)`` with ``d = sign(grad)`` (L-inf) or
     ``grad / ||grad||_2`` (L2); see :func:`~cslrobust.attacks.threat_model.project`. The start is
-    ``x`` or, with ``random_start``, a uniform draw from the ball (clamped to [0,1]). ``eps == 0``
-    returns a copy of ``x`` exactly; ``steps == 0`` without random start returns ``x`` too.
+    ``x`` or, with ``random_start``, a uniform draw from the ball (clamped to [0,1]). There is no
+    shortcut at ``eps == 0``: the random start and every step run, and the projection returns ``x``
+    exactly, so the eps = 0 sanity gate tests the whole code path. ``steps == 0`` without random
+    start returns ``x``.
 
     Args:
         target: The frozen eval-mode model.
@@ -98,9 +100,6 @@ def pgd(
             "restarts > 1 needs random_start=True; otherwise every restart is identical"
         )
     x = x.detach()
-    if eps == 0.0:
-        return x.clone()
-
     best_x = x.clone()
     best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)

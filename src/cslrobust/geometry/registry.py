@@ -8,8 +8,9 @@ optional inputs it needs (``logits`` for the probe's logit margin, ``paired`` fo
 
 Adding a metric: a function in ``geometry/<file>.py`` decorated with ``@register_metric("<name>")``,
 and the module imported in ``geometry/__init__.py``. Non-scalar outputs (the class distance matrix,
-per-sample margins, the t-SNE embedding) and metrics that need extra forward passes (feature
-sensitivity) are plain functions the caller uses directly.
+per-sample margins, the t-SNE embedding) are plain functions the caller uses directly; feature
+sensitivities, which need features of perturbed inputs, have their own registry
+(:data:`~cslrobust.geometry.sensitivity.SENSITIVITY_MEASURES`).
 """
 
 from __future__ import annotations

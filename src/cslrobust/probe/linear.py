@@ -4,6 +4,18 @@ Features are standardised (per-dimension mean/std of the training features) whil
 which makes one learning rate work across methods whose feature scales differ by orders of magnitude; the
 standardisation is then folded exactly into the linear layer, so the returned head maps raw encoder
 features to logits and the composite model is ``normalise -> backbone -> nn.Linear`` with nothing hidden.
+
+Dead features. A feature whose training std is at most
+``max(DEAD_STD_RELATIVE * largest feature std, DEAD_STD_FLOOR)`` carries no usable signal on the training
+split (a ReLU channel that never fires, a constant). Dividing it by its (clamped) std would turn float
+rounding into large standardised values during training and, after the fold, leave its weight multiplied
+by up to ``1 / DEAD_STD_FLOOR``: a tiny activation of that feature at test time would then swing the
+logits. Such features are instead standardised to 0 and get weight exactly 0 in the folded head, so the
+head ignores them; :attr:`ProbeResult.dead_features` counts them. The relative threshold (1e-3: a feature
+varying a thousand times less than the most varying one) makes the rule independent of a method's
+feature scale; the absolute floor (the former clamp, 1e-6) catches an encoder whose features are all
+constant. Features that are not dead are computed exactly as without the rule (same operations, same
+order), so probes with no dead feature are bitwise unchanged.
 """
 
 from __future__ import annotations
@@ -18,27 +30,65 @@ from torch.nn import functional as F  # noqa: N812
 from cslrobust.seeding import make_generator
 from cslrobust.training.schedules import warmup_cosine
 
+DEAD_STD_RELATIVE = 1e-3
+"""Dead-feature threshold, as a fraction of the largest training feature std."""
+
+DEAD_STD_FLOOR = 1e-6
+"""Absolute dead-feature threshold; also the clamp that keeps every division finite."""
+
 
 @dataclass
 class ProbeResult:
-    """A trained probe head and its selection record."""
+    """A trained probe head and its selection record.
+
+    Attributes:
+        head: Linear layer on raw encoder features (standardisation folded in).
+        best_epoch: Selected epoch (1-based).
+        best_val_accuracy: Validation accuracy of the selected epoch (NaN without validation).
+        history: Per-epoch loss and accuracies.
+        dead_features: Number of features with zero weight because their training std is below
+            the dead-feature threshold (see the module docstring).
+    """
 
     head: nn.Linear
     best_epoch: int
     best_val_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
+    dead_features: int = 0
 
 
-def fold_standardisation(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> nn.Linear:
-    """Return a linear layer ``g`` with ``g(h) == head((h - mean) / std)`` exactly (up to rounding).
+def dead_feature_mask(
+    std: torch.Tensor, *, relative: float = DEAD_STD_RELATIVE, floor: float = DEAD_STD_FLOOR
+) -> torch.Tensor:
+    """Features whose std is at most ``max(relative * std.max(), floor)``.
 
     Shape:
-        mean, std: (F,); head: F -> C.
+        std: (F,) per-feature standard deviations. Returns (F,) bool.
     """
+    threshold = max(relative * float(std.max()), floor)
+    return std <= threshold
+
+
+def fold_standardisation(
+    head: nn.Linear,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    *,
+    dead: torch.Tensor | None = None,
+) -> nn.Linear:
+    """Return a linear layer ``g`` with ``g(h) == head(z)`` exactly (up to rounding).
+
+    ``z = (h - mean) / std``, with ``z`` set to 0 on ``dead`` features: they get weight exactly 0
+    and do not enter the bias. Without dead features the operations are those of the plain fold.
+
+    Shape:
+        mean, std: (F,); dead: (F,) bool or None; head: F -> C.
+    """
+    weight = head.weight if dead is None else head.weight.masked_fill(dead, 0.0)
     folded = nn.Linear(head.in_features, head.out_features).to(head.weight.device)
     with torch.no_grad():
-        folded.weight.copy_(head.weight / std)
-        folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(dim=1))
+        folded.weight.copy_(weight / std)
+        folded.bias.copy_(head.bias - (weight * (mean / std)).sum(dim=1))
     return folded
 
 
@@ -62,11 +112,14 @@ def train_linear_probe(
     weight_decay: float,
     batch_size: int,
     seed: int,
+    dead_std_relative: float = DEAD_STD_RELATIVE,
+    dead_std_floor: float = DEAD_STD_FLOOR,
 ) -> ProbeResult:
     """Train a linear classifier on frozen features; keep the epoch with the best validation accuracy.
 
     SGD with momentum 0.9 and a cosine schedule on standardised features. With an empty validation set
-    the last epoch is kept.
+    the last epoch is kept. Dead features (see the module docstring) are standardised to 0 and get
+    weight 0 in the returned head.
 
     Args:
         train_features: (N, F) float features of the training split.
@@ -79,15 +132,20 @@ def train_linear_probe(
         weight_decay: L2 penalty on the weights.
         batch_size: Mini-batch size.
         seed: Seeds initialisation and shuffling.
+        dead_std_relative: Dead-feature threshold relative to the largest feature std.
+        dead_std_floor: Absolute dead-feature threshold; also the clamp of the std.
 
     Returns:
-        The best head (on raw features) and the per-epoch history.
+        The best head (on raw features), the per-epoch history and the dead-feature count.
     """
     device = train_features.device
     mean = train_features.mean(dim=0)
-    std = train_features.std(dim=0).clamp_min(1e-6)
-    x_train = (train_features - mean) / std
-    x_val = (val_features - mean) / std
+    raw_std = train_features.std(dim=0)
+    dead = dead_feature_mask(raw_std, relative=dead_std_relative, floor=dead_std_floor)
+    std = raw_std.clamp_min(dead_std_floor)
+    # masked_fill leaves every live feature's value untouched (bitwise), and zeroes dead ones.
+    x_train = ((train_features - mean) / std).masked_fill(dead, 0.0)
+    x_val = ((val_features - mean) / std).masked_fill(dead, 0.0)
 
     init_gen = make_generator(seed, "probe_init")
     head = nn.Linear(train_features.shape[1], num_classes)
@@ -133,8 +191,9 @@ def train_linear_probe(
             best_state = copy.deepcopy(head.state_dict())
     head.load_state_dict(best_state)
     return ProbeResult(
-        head=fold_standardisation(head, mean, std),
+        head=fold_standardisation(head, mean, std, dead=dead),
         best_epoch=best_epoch,
         best_val_accuracy=best_val,
         history=history,
+        dead_features=int(dead.sum()),
     )
