@@ -382,6 +382,30 @@ class EvaluationConfig(_Section):
         return self
 
 
+class GatesConfig(_Section):
+    """Sanity gates on every reported robust accuracy (the study's ``gates`` stage).
+
+    They re-run the attack stage's own settings (``attack``) on the first ``n_images`` of its fixed
+    test subset: the whole attack path at eps = 0, the attack at ``large_eps_linf`` (accuracy must fall
+    to <= 2%), input gradients, and PGD convergence at the largest reported L-inf eps (twice the
+    steps, and ``convergence_restarts`` restarts). The monotonicity and ordering gates read the attack
+    stage's rows. See :mod:`cslrobust.attacks.gates` for how each can fail.
+    """
+
+    n_images: int | None = Field(default=200, gt=0, description="images re-attacked; all if null")
+    large_eps_linf: LinfRadius = Field(
+        default=16 / 255, description="gradient-masking gate radius, above every reported eps"
+    )
+    convergence_restarts: int = Field(default=3, ge=2)
+    batch_size: int = Field(default=256, gt=0)
+
+    @model_validator(mode="after")
+    def _positive_radius(self) -> GatesConfig:
+        if self.large_eps_linf <= 0.0:
+            raise ValueError("large_eps_linf must be a positive radius, e.g. '16/255'")
+        return self
+
+
 class GeometryConfig(_Section):
     """Representation geometry of the test set (``cslrobust analyze`` and the study's analyze stage)."""
 
@@ -415,6 +439,7 @@ class RunConfig(_Section):
     attack: AttackConfig = AttackConfig()
     geometry: GeometryConfig = GeometryConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    gates: GatesConfig = GatesConfig()
 
     @field_validator("device")
     @classmethod
@@ -569,6 +594,7 @@ _V1_LINF_FIELDS = {
         "autoattack_eps_linf",
     ),
     "geometry": ("sensitivity_eps",),
+    "gates": ("large_eps_linf",),
 }
 
 

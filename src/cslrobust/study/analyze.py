@@ -19,14 +19,14 @@ from cslrobust.augment import build_augment
 from cslrobust.config import RunConfig, section_identity
 from cslrobust.distributed import on_main
 from cslrobust.geometry import (
+    SensitivityInputs,
     class_distance_matrix,
     compute_geometry,
-    feature_sensitivity,
     perturbation_norms,
     plot_distance_matrix,
     plot_embedding,
     random_like_norm,
-    summarize_sensitivity,
+    sensitivity_summaries,
     tsne_2d,
 )
 from cslrobust.probe import extract_features
@@ -114,12 +114,17 @@ def run_analyze(
                     delta, "linf", make_generator(cfg.seed, "analyze_rand", eps_255, device=dev)
                 )
             ).clamp(0, 1)
-            for kind, x_pert in (("pgd", x_adv), ("random", x_rand)):
-                d = x_pert - xs
-                norms = perturbation_norms(d, "l2")
-                keep = norms > 0
-                sens = feature_sensitivity(f0[keep], feats(x_pert[keep]), norms[keep])
-                for key, value in summarize_sensitivity(sens).items():
+            inputs = SensitivityInputs(
+                f_clean=f0,
+                f_adv=feats(x_adv),
+                f_random=feats(x_rand),
+                adv_norms=perturbation_norms(x_adv - xs, "l2"),
+                random_norms=perturbation_norms(x_rand - xs, "l2"),
+                chunk_size=geo.chunk_size,
+            )
+            # pgd / random: raw features (scale-dependent); *_normalized and ratio: scale-free.
+            for kind, summary in sensitivity_summaries(inputs).items():
+                for key, value in summary.items():
                     sensitivity[f"sensitivity_{kind}_{eps_255:g}/{key}"] = value
 
     def summarize_and_write() -> dict[str, Any]:

@@ -22,6 +22,8 @@ from torch import nn
 
 from cslrobust.attacks import (
     ConvergenceSettings,
+    GateAttack,
+    GateThresholds,
     format_gates,
     minimal_perturbation,
     plot_sweep,
@@ -34,6 +36,7 @@ from cslrobust.config import EvaluationConfig, RunConfig, section_identity
 from cslrobust.distributed import on_main
 from cslrobust.errors import ConfigError
 from cslrobust.provenance import provenance
+from cslrobust.study.gates import gate_rows
 from cslrobust.study.run_folder import EVALUATION_FILE, load_probed_run, publish, test_subset
 from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.study.store import pack_bits
@@ -169,6 +172,15 @@ def run_evaluate(
                 restarts=ev.convergence_restarts,
             )
         ],
+        gate_attacks=[
+            GateAttack(
+                attack="pgd",
+                steps=ev.steps,
+                relative_step_size=ev.relative_step_size,
+                restarts=ev.restarts,
+            )
+        ],
+        thresholds=GateThresholds(large_eps=ev.large_eps_linf),
         **common,
     )
     timings["gates"] = time.perf_counter() - t0
@@ -333,15 +345,7 @@ def evaluate_rows(record: dict[str, Any]) -> Rows:
                 "family": c["family"],
             }
         )
-    for g in record["gates"]:
-        rows.append(
-            {
-                "metric": f"gate/{g['name']}",
-                "value": float(g["passed"]),
-                "message": g["message"],
-            }
-        )
-    return rows
+    return rows + gate_rows(record)
 
 
 register_stage(

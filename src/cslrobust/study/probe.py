@@ -83,6 +83,7 @@ def run_probe(
             "train_accuracy": accuracy(head, f_train, splits.train.labels),
             "test_accuracy": accuracy(head, f_test, splits.test.labels),
             "n_test": len(splits.test),
+            "dead_features": result.dead_features,
             "history": result.history,
         }
         if run.head_kind == "classifier":
@@ -108,6 +109,7 @@ PROBE_METRICS = (
     "train_accuracy",
     "own_head_test_accuracy",
     "own_head_val_accuracy",
+    "dead_features",
 )
 
 

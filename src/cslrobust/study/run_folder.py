@@ -10,6 +10,7 @@ Every stage reads and writes a run through this module::
     <output_dir>/<name>/attack.json         clean and robust accuracy per attack and eps
     <output_dir>/<name>/analysis.json       representation geometry and feature sensitivity
     <output_dir>/<name>/evaluation.json     the evaluation suite with its sanity gates
+    <output_dir>/<name>/gates.json          sanity gates of the attack stage's numbers
 
 Artifacts of a non-final checkpoint carry a tag (``probe-epoch0003.json``, see :func:`tagged`).
 Stages after training read the saved config for what defines the model and take the evaluation
@@ -44,11 +45,12 @@ PROBE_WEIGHTS = "probe.safetensors"
 ATTACK_FILE = "attack.json"
 ANALYSIS_FILE = "analysis.json"
 EVALUATION_FILE = "evaluation.json"
+GATES_FILE = "gates.json"
 CHECKPOINT_DIR = "checkpoints"
 
 #: Sections a stage after training may take from its caller instead of the saved config: they
 #: change how a trained model is evaluated, never the model.
-EVALUATION_SECTIONS = ("device", "probe", "attack", "geometry", "evaluation")
+EVALUATION_SECTIONS = ("device", "probe", "attack", "geometry", "evaluation", "gates")
 
 
 def tagged(name: str, tag: str) -> str:

@@ -48,7 +48,8 @@ class StudySpec(BaseModel):
     storage: str | None = None  # results database URL; default sqlite:///<output_dir>/results.db
     seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
     # Names in the stage registry; "evaluate" adds the full evaluation suite (base.evaluation).
-    stages: tuple[str, ...] = ("train", "probe", "attack", "analyze")
+    # "gates" checks every reported robust accuracy; leaving it out is reported as "gates not run".
+    stages: tuple[str, ...] = ("train", "probe", "attack", "gates", "analyze")
     # Keep every epoch of the supervised reference, probe and attack each, and compare every other
     # method with the supervised checkpoint of the closest validation clean accuracy.
     match_clean_accuracy: bool = False
