@@ -176,6 +176,6 @@ register_stage(
         order=10,
         run=lambda cfg, progress: train_rows(run_train(cfg, resume=True, progress=progress)),
         digest=lambda cfg: cfg.run_id(),
-        sections=("training",),
+        sections=("detector",),
     )
 )

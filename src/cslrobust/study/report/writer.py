@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cslrobust.records import write_json_atomic
 from cslrobust.study.report.results import StudyResults, current_rows
 from cslrobust.study.report.robustness import gate_failures
 from cslrobust.study.report.sections import ReportContext, SectionOutput, select_sections
 from cslrobust.study.runner import Cell
 from cslrobust.study.store import ResultsStore
-from cslrobust.training.checkpoint import write_json_atomic
 
 EXPORT_KEYS = (
     "method",
