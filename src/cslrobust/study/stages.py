@@ -16,24 +16,23 @@ The CLI, the demo and tests call these same functions.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from cslrobust.attacks import default_step_size, robust_accuracy
-from cslrobust.augment import AugmentParams, build_augment
+from cslrobust.augment import build_augment
 from cslrobust.config import RunConfig, load_saved_config, save_config
 from cslrobust.data import DataSplits, build_datasets, default_data_root
 from cslrobust.distributed import barrier, context, init_distributed, is_main, main_first, on_main
 from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.models import Classifier, Encoder, build_encoder
-from cslrobust.objectives import OBJECTIVES, HeadKind, Objective, build_objective
+from cslrobust.objectives import HeadKind, Objective, build_objective
 from cslrobust.probe import (
     accuracy,
     assert_frozen,
@@ -57,7 +56,7 @@ from cslrobust.training import (
     train,
     warmup_cosine,
 )
-from cslrobust.training.checkpoint import write_json_atomic
+from cslrobust.training.checkpoint import read_metadata, write_json_atomic
 
 CONFIG_FILE = "config.json"
 TRAIN_FILE = "train.json"
@@ -84,21 +83,31 @@ def load_data(cfg: RunConfig) -> DataSplits:
 
 
 def build_run_objective(cfg: RunConfig) -> Objective:
-    """The objective of a run: each objective receives the config fields its constructor names."""
-    obj = cfg.objective
-    accepted = inspect.signature(OBJECTIVES.get(obj.name)).parameters
-    values = obj.model_dump()
-    params: dict[str, Any] = {
-        k: values[k] for k in ("temperature", "label_smoothing", "tau_plus") if k in accepted
+    """The objective of a run, built from its ``objective`` section."""
+    return build_objective(cfg.objective)
+
+
+def model_metadata(objective: Objective, encoder: Encoder) -> dict[str, str]:
+    """What loading the trained encoder needs, for the weights' header: head kind and dimensions.
+
+    ``load_run`` reads it instead of building the objective; ``n_views`` (views per sample in
+    training) is recorded for readers of the run.
+    """
+    return {
+        "head_kind": objective.head_kind,
+        "feature_dim": str(encoder.feature_dim),
+        "n_views": str(objective.n_views),
     }
-    if "detector" in accepted:
-        params.update(
-            detector=obj.fn.detector,
-            detector_params=obj.fn.detector_params(),
-            mode=obj.fn.mode,
-            warmup_epochs=obj.fn.warmup_epochs,
-        )
-    return build_objective(obj.name, **params)
+
+
+def _head_kind(cfg: RunConfig, metadata: dict[str, str]) -> HeadKind:
+    """The trained head's kind: from the weights' header, else (older runs) the objective's section.
+
+    A recorded value that is no head kind is reported by ``build_encoder``.
+    """
+    if "head_kind" in metadata:
+        return cast(HeadKind, metadata["head_kind"])
+    return cfg.objective.head_kind
 
 
 def build_run_encoder(cfg: RunConfig, splits: DataSplits, head_kind: HeadKind) -> Encoder:
@@ -160,8 +169,14 @@ def load_run(run_dir: Path, *, epoch: int | None = None, device: str | None = No
     if checkpoint is None:
         raise CheckpointError(f"run folder {str(run_dir)!r} has no checkpoint; run 'train' first")
     splits = load_data(cfg)
-    objective = build_run_objective(cfg)
-    encoder = build_run_encoder(cfg, splits, objective.head_kind)
+    metadata = read_metadata(checkpoint.model_file)
+    encoder = build_run_encoder(cfg, splits, _head_kind(cfg, metadata))
+    recorded_dim = metadata.get("feature_dim")  # absent in checkpoints of older runs
+    if recorded_dim is not None and recorded_dim != str(encoder.feature_dim):
+        raise CheckpointError(
+            f"checkpoint {str(checkpoint.model_file)!r} has feature_dim={recorded_dim}, "
+            f"the config builds {encoder.feature_dim}; expected the run's own config"
+        )
     load_weights(encoder, checkpoint.model_file)
     encoder.eval()
     return LoadedRun(cfg, encoder, checkpoint, splits)
@@ -197,9 +212,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     splits = load_data(cfg)
     objective = build_run_objective(cfg)
     encoder = _init_model(cfg, splits, objective.head_kind)
-    # AugmentConfig mirrors AugmentParams field for field (plus the preset name).
-    params = AugmentParams(**cfg.augment.model_dump(exclude={"kind"}))
-    make_views = build_augment(cfg.augment.kind, params).to(cfg.device)
+    make_views = build_augment(cfg.augment).to(cfg.device)
     tr = cfg.train
     optimizer = build_sgd(
         encoder,
@@ -233,7 +246,11 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         compile=tr.compile,
         sync_batchnorm=tr.sync_batchnorm,
     )
-    metadata = {"config": json.dumps(cfg.model_dump(mode="json")), "run_id": cfg.run_id()}
+    metadata = {
+        "config": json.dumps(cfg.model_dump(mode="json")),
+        "run_id": cfg.run_id(),
+        **model_metadata(objective, encoder),
+    }
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(MetricLog(run_dir, tensorboard=tr.tensorboard)) if main else None
         result = train(
@@ -403,8 +420,6 @@ def run_attack(
     probe_path = run_dir / tagged(PROBE_WEIGHTS, tag)
     if not probe_path.is_file():
         raise CheckpointError(f"run folder {str(run_dir)!r} has no probe; run 'probe' first")
-    from cslrobust.training.checkpoint import read_metadata
-
     probe_epoch = int(read_metadata(probe_path).get("checkpoint_epoch", "0")) or None
     run = load_run(run_dir, epoch=probe_epoch, device=device)
     encoder, splits, dev = run.encoder, run.splits, run.config.device
