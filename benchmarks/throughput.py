@@ -65,11 +65,11 @@ from typing import Any
 import torch
 
 from cslrobust.attacks import robust_accuracy
-from cslrobust.augment import build_augment
+from cslrobust.augment import AUGMENTATIONS, SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
 from cslrobust.models import Classifier, build_encoder
 from cslrobust.models.heads import LinearHead
-from cslrobust.objectives import OBJECTIVES, build_objective
+from cslrobust.objectives import OBJECTIVES, SimCLRSection, build_objective
 from cslrobust.training import LoopSettings, build_sgd, train, warmup_cosine
 
 # CIFAR-10 training-set channel statistics (used for the normalisation buffers on random images).
@@ -127,7 +127,7 @@ def loop_rate(
     objective_name: str, batch: int, width: int, device: str, channels_last: bool, steps: int
 ) -> float:
     """One epoch of the real training loop (augmentation, loss, checkpoint excluded from timing)."""
-    objective = build_objective(objective_name)
+    objective = build_objective(OBJECTIVES.section(objective_name))
     encoder = _encoder(objective.head_kind, width, device, channels_last)
     g = torch.Generator().manual_seed(0)
     n = batch * (steps + 1)
@@ -149,7 +149,7 @@ def loop_rate(
         result = train(
             encoder,
             objective,
-            build_augment("simclr").to(device),
+            build_augment(SimCLRAugmentSection()).to(device),
             data,
             optimizer,
             warmup_cosine(0.01, steps + 1, 0),
@@ -224,7 +224,7 @@ def run_loop_mode(args: argparse.Namespace) -> None:
     for key, value in med.items():
         if key.startswith("train loop"):
             name = key.split(": ")[1]
-            ref = bare_1 if build_objective(name).n_views == 1 else bare_2
+            ref = bare_1 if build_objective(OBJECTIVES.section(name)).n_views == 1 else bare_2
             print(f"{key:<34}{value:>10.1f}{value / ref:>8.2f}x")
         elif key.startswith("PGD"):
             # PGD-10 costs 10 input-gradient passes plus 2 forward passes per image.
@@ -297,9 +297,9 @@ def gpu_epoch_variant(
 
     torch.manual_seed(0)
     torch.cuda.reset_peak_memory_stats(device)
-    objective = build_objective("simclr")
+    objective = build_objective(SimCLRSection())
     encoder = _encoder(objective.head_kind, args.width, device, variant.channels_last, mean, std)
-    make_views = build_augment(variant.augment).to(device)
+    make_views = build_augment(AUGMENTATIONS.section(variant.augment)).to(device)
     lr = 0.3 * args.batch / 256  # SimCLR's linear scaling; the value does not change the speed
     optimizer = build_sgd(encoder, lr=lr, momentum=0.9, weight_decay=5e-4)
     n_steps = steps_per_epoch(data, args.batch, True)
@@ -481,7 +481,7 @@ def run_gpu_breakdown_mode(args: argparse.Namespace) -> None:
     images = torch.rand(batch, 3, 32, 32, device=device, generator=g)
     labels = torch.randint(0, 10, (batch,), device=device, generator=g)
     index = torch.arange(batch, device=device)
-    objective = build_objective("simclr")
+    objective = build_objective(SimCLRSection())
     encoder = _encoder("projector", width, device, True, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
     optimizer = build_sgd(encoder, lr=0.1, momentum=0.9, weight_decay=5e-4)
     fixed_views = images.repeat(2, 1, 1, 1).contiguous(memory_format=torch.channels_last)
@@ -503,7 +503,7 @@ def run_gpu_breakdown_mode(args: argparse.Namespace) -> None:
     ]
     for kind in ("simclr", "simclr_fast"):
         try:
-            augment = build_augment(kind).to(device)
+            augment = build_augment(AUGMENTATIONS.section(kind)).to(device)
         except Exception as err:  # preset missing in this version
             print(f"{kind}: {err}")
             continue
@@ -567,7 +567,7 @@ def _multiproc_worker(
             device=device,
         )
         torch.manual_seed(0)  # DDP also broadcasts rank 0's weights
-        objective = build_objective("simclr")
+        objective = build_objective(SimCLRSection())
         encoder = _encoder(objective.head_kind, cfg["width"], device, True)
         optimizer = build_sgd(encoder, lr=0.3, momentum=0.9, weight_decay=5e-4)
         n_steps = steps_per_epoch(data, cfg["batch"], True)
@@ -584,7 +584,7 @@ def _multiproc_worker(
         result = train(
             encoder,
             objective,
-            build_augment("simclr").to(device),
+            build_augment(SimCLRAugmentSection()).to(device),
             data,
             optimizer,
             warmup_cosine(0.3, epochs * n_steps, 0),

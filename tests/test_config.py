@@ -33,8 +33,11 @@ def test_overrides_are_yaml_typed_and_nested():
         ("train.lr=-1", "train.lr=-1"),
         ("objective.temperature=0", "objective.temperature=0"),
         ("objective.name=byol", "objective.name='byol'"),
-        ("objective.fn.removal_rate=1.5", "objective.fn.removal_rate=1.5"),
-        ("objective.fn.detector=magic", "objective.fn.detector='magic'"),
+        (
+            "objective.fn={removal_rate: 1.5}",
+            "objective.fn is not a parameter of objective 'simclr'",
+        ),
+        ("augment.kind=autoaugment", "augment.kind='autoaugment': unknown augmentation"),
         ("model.arch=vgg", "model.arch='vgg'"),
         ("attack.eps_linf=[300]", "attack.eps_linf"),
         ("train.typo=3", "unknown key 'train.typo'"),
@@ -46,6 +49,22 @@ def test_overrides_are_yaml_typed_and_nested():
 def test_bad_values_are_rejected_with_the_key_named(override, fragment):
     with pytest.raises(ConfigError) as info:
         load_run_config(None, [override])
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("objective.fn.removal_rate=1.5", "objective.fn.removal_rate=1.5"),
+        ("objective.fn.detector=magic", "objective.fn.detector='magic'"),
+        ("objective.fn.detector=topk", "objective.fn.k: Field required"),
+    ],
+)
+def test_bad_detector_values_are_rejected_with_the_key_named(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, ["objective.name=simclr_fnr", override])
     message = str(info.value)
     assert fragment in message
     assert "\n" not in message

@@ -5,8 +5,12 @@ It is loaded from YAML plus ``key.sub=value`` overrides; unknown keys and out-of
 with a one-line :class:`~cslrobust.errors.ConfigError` naming the key. The resolved config is saved as JSON
 next to every artifact and its canonical hash is the run id.
 
-Core functions never see these objects: each package's ``build_*`` function unpacks the section it needs
-into plain typed arguments.
+The ``objective``, ``objective.fn`` and ``augment`` sections belong to the chosen component: each
+registered objective, false-negative detector and view preset declares its own frozen section
+(:class:`~cslrobust.sections.Section`), and the sub-mapping is validated against the section of the
+name it selects (``name``, ``detector``, ``kind``) through the component's registry, so a key the
+component does not take is an error. Each package's ``build_*`` function receives its section and
+unpacks it into plain typed constructor arguments; core functions never see a config object.
 """
 
 from __future__ import annotations
@@ -16,15 +20,15 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PlainSerializer,
+    SerializeAsAny,
     ValidationError,
     field_validator,
     model_validator,
@@ -32,6 +36,10 @@ from pydantic import (
 
 from cslrobust.errors import ConfigError
 from cslrobust.records import write_json_atomic
+from cslrobust.sections import AugmentSection, ObjectiveSection, Section, describe_errors
+
+if TYPE_CHECKING:  # config imports the registries lazily (layering); this is for annotations only
+    from cslrobust.registry import ComponentRegistry
 
 #: Largest L-inf radius accepted as a bare number. Radii used to be written in units of 1/255
 #: (``eps_linf: [0.5, 1, 2, 4]``); such values are all above this bound, so an old file is rejected
@@ -89,13 +97,7 @@ LinfRadius = Annotated[
 ]
 
 
-class _Section(BaseModel):
-    """Base for config sections: unknown keys are errors, values are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     """Which data set to use and how to subset it.
 
     ``source`` points at an ImageFolder directory or ``.tar(.gz)`` (``split/class/image``); with
@@ -112,29 +114,7 @@ class DataConfig(_Section):
     val_per_class: int = Field(default=50, ge=0)
 
 
-class AugmentConfig(_Section):
-    """View augmentation. ``simclr`` is used by every method by default (the matched protocol)."""
-
-    kind: Literal["simclr", "simclr_fast", "crop_flip", "none"] = "simclr"
-    crop_scale: tuple[float, float] = (0.2, 1.0)
-    flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
-    grayscale_p: float = Field(default=0.2, ge=0.0, le=1.0)
-    crop_padding: int = Field(
-        default=4, ge=0, description="zero padding before the crop (crop_flip)"
-    )
-
-    @field_validator("crop_scale")
-    @classmethod
-    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
-        low, high = value
-        if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"expected 0 < low <= high <= 1, got {value}")
-        return value
-
-
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Backbone and heads."""
 
     arch: str = "resnet18"
@@ -153,80 +133,7 @@ class ModelConfig(_Section):
         return value
 
 
-class FalseNegativeConfig(_Section):
-    """False-negative removal for ``simclr_fnr`` (MISSION.md, "Definitions").
-
-    Each detector reads only its own parameters: ``oracle`` (``removal_rate``), ``threshold``
-    (``threshold``, ``support_views``), ``topk`` (``k``, ``support_views``), ``cluster`` (``n_clusters``,
-    ``refresh_every``, ``iters``). The detector is built once at load time, so a missing or bad value is
-    reported here with its key.
-    """
-
-    detector: str = "oracle"
-    mode: Literal["eliminate", "attract"] = "eliminate"
-    warmup_epochs: int = Field(default=0, ge=0)
-    removal_rate: float = Field(default=1.0, ge=0.0, le=1.0)
-    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
-    k: int | None = Field(default=None, ge=1)
-    support_views: int = Field(default=0, ge=0)
-    n_clusters: int | None = Field(default=None, ge=2)
-    refresh_every: int = Field(default=1, ge=1)
-    iters: int = Field(default=20, ge=1)
-
-    @field_validator("detector")
-    @classmethod
-    def _known_detector(cls, value: str) -> str:
-        from cslrobust.objectives import FN_DETECTORS
-
-        if value not in FN_DETECTORS:
-            raise ValueError(f"unknown detector {value!r}; expected one of {FN_DETECTORS.names()}")
-        return value
-
-    def detector_params(self) -> dict[str, Any]:
-        """The parameters the chosen detector's constructor takes (unset ones left to its defaults)."""
-        import inspect
-
-        from cslrobust.objectives import FN_DETECTORS
-
-        accepted = inspect.signature(FN_DETECTORS.get(self.detector)).parameters
-        values = self.model_dump()
-        return {k: values[k] for k in accepted if k in values and values[k] is not None}
-
-    @model_validator(mode="after")
-    def _detector_builds(self) -> FalseNegativeConfig:
-        from cslrobust.objectives import build_fn_detector
-
-        try:
-            build_fn_detector(self.detector, **self.detector_params())
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-        return self
-
-
-class ObjectiveConfig(_Section):
-    """Training objective.
-
-    Each objective takes the fields its constructor names (``fn`` for ``simclr_fnr``, ``tau_plus`` for
-    ``debiased``, ``label_smoothing`` for ``supervised``).
-    """
-
-    name: str = "simclr"
-    temperature: float = Field(default=0.5, gt=0.0)
-    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
-    tau_plus: float = Field(default=0.1, ge=0.0, lt=1.0, description="class prior of 'debiased'")
-    fn: FalseNegativeConfig = FalseNegativeConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _known_objective(cls, value: str) -> str:
-        from cslrobust.objectives import OBJECTIVES
-
-        if value not in OBJECTIVES:
-            raise ValueError(f"unknown objective {value!r}; expected one of {OBJECTIVES.names()}")
-        return value
-
-
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """Optimisation (SGD + momentum, cosine schedule with linear warm-up) and checkpointing."""
 
     epochs: int = Field(default=20, gt=0)
@@ -270,7 +177,7 @@ class TrainConfig(_Section):
         return self
 
 
-class ProbeConfig(_Section):
+class ProbeConfig(Section):
     """Linear probe on frozen features (no augmentation); best epoch chosen on validation."""
 
     epochs: int = Field(default=100, gt=0)
@@ -279,7 +186,7 @@ class ProbeConfig(_Section):
     weight_decay: float = Field(default=0.0, ge=0.0)
 
 
-class AttackConfig(_Section):
+class AttackConfig(Section):
     """Attacks on the whole model (normalise -> backbone -> probe head), eval mode, [0,1] inputs.
 
     ``eps_linf`` radii are fractions of the [0,1] range, written ``"8/255"`` or ``0.0314``; ``eps_l2``
@@ -329,7 +236,7 @@ class AttackConfig(_Section):
         return value
 
 
-class EvaluationConfig(_Section):
+class EvaluationConfig(Section):
     """The trustworthy evaluation suite of ``cslrobust evaluate`` (issue 3).
 
     ``quick``: clean + FGSM/PGD L-inf sweeps + sanity gates. ``standard``: also L2 sweeps, AutoAttack
@@ -382,7 +289,7 @@ class EvaluationConfig(_Section):
         return self
 
 
-class GatesConfig(_Section):
+class GatesConfig(Section):
     """Sanity gates on every reported robust accuracy (the study's ``gates`` stage).
 
     They re-run the attack stage's own settings (``attack``) on the first ``n_images`` of its fixed
@@ -406,7 +313,7 @@ class GatesConfig(_Section):
         return self
 
 
-class GeometryConfig(_Section):
+class GeometryConfig(Section):
     """Representation geometry of the test set (``cslrobust analyze`` and the study's analyze stage)."""
 
     n_images: int | None = Field(
@@ -422,7 +329,7 @@ class GeometryConfig(_Section):
 CONFIG_VERSION = 2
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     """Everything that defines one trained model and its evaluation."""
 
     config_version: Literal[2] = CONFIG_VERSION
@@ -431,15 +338,30 @@ class RunConfig(_Section):
     seed: int = Field(default=0, ge=0)
     device: str = "cpu"
     data: DataConfig = DataConfig()
-    augment: AugmentConfig = AugmentConfig()
+    # The sections of the chosen view preset and objective; model_dump writes the concrete section.
+    augment: SerializeAsAny[AugmentSection] = Field(default_factory=dict, validate_default=True)
     model: ModelConfig = ModelConfig()
-    objective: ObjectiveConfig = ObjectiveConfig()
+    objective: SerializeAsAny[ObjectiveSection] = Field(default_factory=dict, validate_default=True)
     train: TrainConfig = TrainConfig()
     probe: ProbeConfig = ProbeConfig()
     attack: AttackConfig = AttackConfig()
     geometry: GeometryConfig = GeometryConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     gates: GatesConfig = GatesConfig()
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_section(cls, value: object) -> AugmentSection:
+        from cslrobust.augment import AUGMENTATIONS
+
+        return AUGMENTATIONS.parse(value, default=DEFAULT_AUGMENT)
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_section(cls, value: object) -> ObjectiveSection:
+        from cslrobust.objectives import OBJECTIVES
+
+        return OBJECTIVES.parse(value, default=DEFAULT_OBJECTIVE)
 
     @field_validator("device")
     @classmethod
@@ -458,9 +380,16 @@ class RunConfig(_Section):
         return self.output_dir / self.name
 
     def training_identity(self) -> dict[str, Any]:
-        """The parts of the config that determine the trained weights (for resume checks and run ids)."""
+        """The parts of the config that determine the trained weights (for resume checks and run ids).
+
+        ``augment`` and ``objective`` appear in the flat shape they had before typed sections (every
+        key of every component, unused ones at their defaults), so run ids stay as they were.
+        """
         dumped = self.model_dump(mode="json")
-        return {k: dumped[k] for k in ("seed", "data", "augment", "model", "objective", "train")}
+        identity = {k: dumped[k] for k in ("seed", "data", "model", "train")}
+        identity["augment"] = _legacy_flat(LEGACY_AUGMENT, dumped["augment"])
+        identity["objective"] = _legacy_flat(LEGACY_OBJECTIVE, dumped["objective"])
+        return identity
 
     def run_id(self) -> str:
         """Short canonical hash of :meth:`training_identity` (paths excluded)."""
@@ -476,6 +405,117 @@ class RunConfig(_Section):
             if k != "compile" and _LATER_TRAIN_DEFAULTS.get(k, _MISSING) != v
         }
         return canonical_hash(identity)
+
+
+DEFAULT_AUGMENT = "simclr"
+"""The view preset of a config without ``augment.kind``."""
+DEFAULT_OBJECTIVE = "simclr"
+"""The objective of a config without ``objective.name``."""
+
+# The flat sections of configs saved before each component had its own section: every key of every
+# objective, detector and view preset, with its default then (JSON values). Frozen history: run ids
+# hash these shapes, and components registered later add only their own keys.
+LEGACY_FN: dict[str, Any] = {
+    "detector": "oracle",
+    "mode": "eliminate",
+    "warmup_epochs": 0,
+    "removal_rate": 1.0,
+    "threshold": None,
+    "k": None,
+    "support_views": 0,
+    "n_clusters": None,
+    "refresh_every": 1,
+    "iters": 20,
+}
+LEGACY_OBJECTIVE: dict[str, Any] = {
+    "name": DEFAULT_OBJECTIVE,
+    "temperature": 0.5,
+    "label_smoothing": 0.0,
+    "tau_plus": 0.1,
+    "fn": LEGACY_FN,
+}
+LEGACY_AUGMENT: dict[str, Any] = {
+    "kind": DEFAULT_AUGMENT,
+    "crop_scale": [0.2, 1.0],
+    "flip_p": 0.5,
+    "jitter": [0.4, 0.4, 0.4, 0.1],
+    "jitter_p": 0.8,
+    "grayscale_p": 0.2,
+    "crop_padding": 4,
+}
+
+
+def _legacy_flat(defaults: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``defaults`` updated with ``values``, nested mappings merged the same way (JSON values)."""
+    flat = dict(defaults)
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(default, Mapping) and isinstance(value, Mapping):
+            value = _legacy_flat(default, value)
+        flat[key] = value
+    return flat
+
+
+def _drop_unused_legacy_defaults(
+    defaults: Mapping[str, Any], values: Mapping[str, Any], taken: set[str]
+) -> dict[str, Any]:
+    """``values`` without the legacy keys outside ``taken`` that hold their legacy default."""
+    return {
+        key: value
+        for key, value in values.items()
+        if key in taken or key not in defaults or not _holds_default(defaults[key], value)
+    }
+
+
+def _holds_default(default: Any, value: Any) -> bool:
+    """Whether ``value`` is ``default``; a mapping is when each of its keys holds its default."""
+    if isinstance(default, Mapping) and isinstance(value, Mapping):
+        return _legacy_flat(default, value) == default
+    return bool(value == default)
+
+
+def upgrade_legacy_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved config with flat ``objective``/``augment`` sections in the typed shape.
+
+    Configs saved before each component had its own section hold every key of every component.
+    A key the chosen component does not take is dropped when it holds its legacy default (a
+    mapping, such as ``objective.fn`` of a non-FNR objective, when each of its keys does); any
+    other value stays and is reported by validation. Unknown names are left to validation too.
+
+    Args:
+        data: A saved config (JSON values).
+
+    Returns:
+        A copy of ``data`` with the unused legacy defaults removed.
+    """
+    from cslrobust.augment import AUGMENTATIONS
+    from cslrobust.objectives import FN_DETECTORS, OBJECTIVES
+
+    result = dict(data)
+    augment = result.get("augment")
+    if isinstance(augment, Mapping):
+        taken = _taken_keys(AUGMENTATIONS, augment, DEFAULT_AUGMENT)
+        result["augment"] = _drop_unused_legacy_defaults(LEGACY_AUGMENT, augment, taken)
+    objective = result.get("objective")
+    if isinstance(objective, Mapping):
+        taken = _taken_keys(OBJECTIVES, objective, DEFAULT_OBJECTIVE)
+        objective = _drop_unused_legacy_defaults(LEGACY_OBJECTIVE, objective, taken)
+        fn = objective.get("fn")
+        if isinstance(fn, Mapping):
+            taken = _taken_keys(FN_DETECTORS, fn, LEGACY_FN["detector"])
+            objective["fn"] = _drop_unused_legacy_defaults(LEGACY_FN, fn, taken)
+        result["objective"] = objective
+    return result
+
+
+def _taken_keys(
+    registry: ComponentRegistry[Any, Any], values: Mapping[str, Any], default: str
+) -> set[str]:
+    """The keys of the section that ``values`` selects; all of ``values`` for an unknown name."""
+    name = values.get(registry.key, default)
+    if name not in registry:
+        return set(values)  # nothing dropped: validation reports the name
+    return set(registry.get(name).section.model_fields)
 
 
 _MISSING = object()
@@ -495,17 +535,7 @@ def canonical_hash(payload: Mapping[str, Any]) -> str:
 
 def format_validation_error(error: ValidationError) -> str:
     """One line naming every offending key, its value and what was expected."""
-    parts = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            parts.append(f"unknown key {key!r}")
-        elif "input" in item and item["type"] != "missing":
-            parts.append(f"{key}={item['input']!r}: {message}")
-        else:
-            parts.append(f"{key}: {message}")
-    return "invalid config: " + "; ".join(parts)
+    return "invalid config: " + describe_errors(error)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -635,7 +665,12 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_saved_config(path: Path) -> RunConfig:
-    """Load a config saved by :func:`save_config` (any earlier layout is upgraded first)."""
+    """Load a config saved by :func:`save_config` (any earlier layout is upgraded first).
+
+    Raises:
+        ConfigError: If the file is missing or not JSON, or the config is invalid (see
+            :func:`upgrade_legacy_config` for the keys of legacy configs that are dropped).
+    """
     if not path.is_file():
         raise ConfigError(
             f"no saved config at {str(path)!r}; expected a run folder made by 'train'"
@@ -646,4 +681,4 @@ def load_saved_config(path: Path) -> RunConfig:
         raise ConfigError(f"saved config {str(path)!r} is not valid JSON: {err.msg}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"saved config {str(path)!r} must hold a JSON object")
-    return build_run_config(upgrade_saved_config(data))
+    return build_run_config(upgrade_legacy_config(upgrade_saved_config(data)))

@@ -18,6 +18,7 @@ from cslrobust.augment import (
     AUGMENTATIONS,
     AugmentParams,
     SimCLRFastAugment,
+    SimCLRFastAugmentSection,
     SimCLRViewParams,
     ViewAugment,
     build_augment,
@@ -30,7 +31,8 @@ from cslrobust.augment.fast_views import (
     resized_crop,
     rgb_to_luma,
 )
-from cslrobust.config import AugmentConfig
+from cslrobust.config import build_run_config
+from cslrobust.errors import ConfigError
 from cslrobust.seeding import rng_scope
 
 # Every random choice off: the pipeline must reduce to the identity.
@@ -495,7 +497,7 @@ def test_simclr_and_simclr_fast_have_similar_statistics() -> None:
     stats = {}
     for kind in ("simclr", "simclr_fast"):
         torch.manual_seed(0)
-        out = build_augment(kind)(x, 8)
+        out = build_augment(AUGMENTATIONS.section(kind))(x, 8)
         stats[kind] = (out.mean(dim=(0, 2, 3)), out.std(dim=(2, 3)).mean(dim=0))
     torch.testing.assert_close(stats["simclr"][0], stats["simclr_fast"][0], atol=0.03, rtol=0)
     torch.testing.assert_close(stats["simclr"][1], stats["simclr_fast"][1], atol=0.02, rtol=0)
@@ -504,24 +506,25 @@ def test_simclr_and_simclr_fast_have_similar_statistics() -> None:
 def test_view_augment_end_to_end() -> None:
     assert "simclr_fast" in AUGMENTATIONS.names()
     x = _colour_images(8, 32, 32)
-    aug = ViewAugment("simclr_fast")
+    aug = ViewAugment(SimCLRFastAugmentSection())
     with rng_scope(3):
         a = aug(x, 2)
     with rng_scope(3):
-        b = build_augment("simclr_fast")(x, 2)
+        b = build_augment(SimCLRFastAugmentSection())(x, 2)
     assert a.shape == (16, 3, 32, 32) and torch.equal(a, b)
     assert 0.0 <= a.min() and a.max() <= 1.0
     assert not torch.allclose(a[:8], a[8:])
     # View-major layout: with colour ops off, views of constant images equal their source.
     levels = torch.linspace(0.1, 0.9, 8).view(8, 1, 1, 1).expand(8, 3, 32, 32)
-    views = ViewAugment("simclr_fast", AugmentParams(**NO_COLOUR))(levels, 3)  # type: ignore[arg-type]
+    views = ViewAugment(SimCLRFastAugmentSection(**NO_COLOUR))(levels, 3)  # type: ignore[arg-type]
     torch.testing.assert_close(views, levels.repeat(3, 1, 1, 1))
 
 
 def test_config_accepts_simclr_fast() -> None:
-    assert AugmentConfig(kind="simclr_fast").kind == "simclr_fast"
-    with pytest.raises(ValueError):
-        AugmentConfig(kind="simclr_faster")  # type: ignore[arg-type]
+    section = build_run_config({"augment": {"kind": "simclr_fast", "grayscale_p": 0.1}}).augment
+    assert section == SimCLRFastAugmentSection(grayscale_p=0.1)
+    with pytest.raises(ConfigError, match="unknown augmentation 'simclr_faster'"):
+        build_run_config({"augment": {"kind": "simclr_faster"}})
 
 
 def test_colour_ops_match_torchvision(colour_batch: tuple[torch.Tensor, ...]) -> None:
@@ -550,7 +553,7 @@ def test_colour_ops_match_torchvision(colour_batch: tuple[torch.Tensor, ...]) ->
 @pytest.mark.gpu
 def test_cuda_no_host_sync_and_same_distribution() -> None:
     x = _colour_images(256, 32, 32).cuda().contiguous(memory_format=torch.channels_last)
-    aug = ViewAugment("simclr_fast")
+    aug = ViewAugment(SimCLRFastAugmentSection())
     aug(x, 2)  # warm-up: lazy CUDA initialisation may synchronise
     torch.manual_seed(0)  # seeding is the loop's per-epoch business, outside the checked region
     torch.cuda.synchronize()
@@ -563,5 +566,5 @@ def test_cuda_no_host_sync_and_same_distribution() -> None:
         torch.cuda.set_sync_debug_mode(previous)
     assert out.device == x.device and bf16.dtype == torch.bfloat16
     assert out.min() >= 0 and out.max() <= 1
-    cpu = ViewAugment("simclr_fast")(x.cpu(), 2)
+    cpu = ViewAugment(SimCLRFastAugmentSection())(x.cpu(), 2)
     torch.testing.assert_close(out.mean().cpu(), cpu.mean(), atol=0.02, rtol=0)

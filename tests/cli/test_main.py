@@ -18,6 +18,18 @@ runner = CliRunner()
         (["train", "--set", "train.lr=-1"], "train.lr=-1"),
         (["train", "--set", "train.nope=1"], "unknown key 'train.nope'"),
         (["train", "--objective", "byol"], "objective.name='byol'"),
+        (
+            ["train", "--objective", "supervised", "--set", "objective.tau_plus=0.2"],
+            "objective.tau_plus is not a parameter of objective 'supervised'",
+        ),
+        (
+            ["train", "--objective", "simclr_fnr", "--set", "objective.fn.k=3"],
+            "objective.fn.k is not a parameter of detector 'oracle'",
+        ),
+        (
+            ["train", "--set", "augment.kind=none", "--set", "augment.flip_p=0.5"],
+            "augment.flip_p is not a parameter of augmentation 'none'",
+        ),
         (["train", "missing.yaml"], "missing.yaml"),
         (["probe", "no/such/run"], "no saved config"),
         (["attack", "no/such/run"], "no saved config"),
@@ -29,6 +41,7 @@ def test_user_errors_are_one_line_with_exit_code_2(args, fragment, tmp_path: Pat
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert fragment in result.output
+    assert result.stdout == "" and fragment in result.stderr  # the one line is on stderr
     assert "Traceback" not in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
 

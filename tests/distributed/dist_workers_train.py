@@ -13,16 +13,23 @@ import torch
 from cslrobust.data import TensorImageDataset
 from cslrobust.distributed import context, convert_global_batchnorm
 from cslrobust.models import build_encoder
-from cslrobust.objectives import build_objective
+from cslrobust.objectives import (
+    ObjectiveSection,
+    OracleSection,
+    SimCLRFNRSection,
+    SimCLRSection,
+    SupConSection,
+    build_objective,
+)
 from cslrobust.training import LoopSettings, build_sgd, train, warmup_cosine
 from cslrobust.training.loop import _forward, _step_model
 
 GLOBAL_BATCH = 8
 N_CLASSES = 3
-OBJECTIVES = {
-    "simclr": {},
-    "supcon": {},
-    "simclr_fnr": {"detector": "oracle", "mode": "eliminate"},
+OBJECTIVES: dict[str, ObjectiveSection] = {
+    "simclr": SimCLRSection(),
+    "supcon": SupConSection(),
+    "simclr_fnr": SimCLRFNRSection(fn=OracleSection(mode="eliminate")),
 }
 
 
@@ -68,7 +75,7 @@ def loss_and_grads(rank: int, world_size: int, objective_name: str) -> dict[str,
     Rank ``r`` of ``W`` takes the ``r``-th contiguous slice; the loop's forward gathers the global
     batch, DDP averages the gradients and global BatchNorm uses the statistics of all ranks.
     """
-    objective = build_objective(objective_name, **OBJECTIVES[objective_name])
+    objective = build_objective(OBJECTIVES[objective_name])
     model = encoder(objective.head_kind)
     settings = LoopSettings(epochs=1, batch_size=GLOBAL_BATCH, seed=0, progress=False)
     step_model = _step_model(model, settings, torch.device("cpu"))
@@ -125,7 +132,7 @@ def train_run(
     images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g)
     labels = torch.arange(16) % N_CLASSES
     data = TensorImageDataset(images, labels)
-    objective = build_objective("simclr_fnr", detector="oracle")
+    objective = build_objective(SimCLRFNRSection())
     model = encoder(objective.head_kind)
     optimizer = build_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
     settings = LoopSettings(

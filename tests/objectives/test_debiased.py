@@ -6,6 +6,7 @@ import torch
 from cslrobust.errors import ConfigError
 from cslrobust.objectives import (
     DebiasedObjective,
+    DebiasedSection,
     SimCLRObjective,
     build_objective,
     debiased_contrastive_loss,
@@ -103,7 +104,7 @@ def test_small_temperature_in_float32_is_finite() -> None:
 
 
 def test_debiased_is_registered_with_the_paper_defaults() -> None:
-    objective = build_objective("debiased")
+    objective = build_objective(DebiasedSection())
     assert objective == DebiasedObjective(temperature=0.5, tau_plus=0.1)
     assert objective.n_views == 2 and objective.head_kind == "projector"
 

@@ -8,8 +8,10 @@ from cslrobust.objectives import (
     ClusterDetector,
     FalseNegativeDetector,
     OracleDetector,
+    OracleSection,
     ThresholdDetector,
     TopKDetector,
+    TopKSection,
     build_fn_detector,
     detection_quality,
     expand_to_views,
@@ -95,11 +97,14 @@ def test_oracle_rejects_bad_removal_rate(rate: float) -> None:
 
 
 def test_build_fn_detector() -> None:
-    assert build_fn_detector("oracle", removal_rate=0.25) == OracleDetector(removal_rate=0.25)
-    with pytest.raises(ConfigError, match="removal_rat"):
-        build_fn_detector("oracle", removal_rat=0.25)
-    with pytest.raises(ConfigError, match="unknown fn_detector"):
-        build_fn_detector("psychic")
+    assert build_fn_detector(OracleSection(removal_rate=0.25)) == OracleDetector(removal_rate=0.25)
+    section = FN_DETECTORS.section("topk", k=4, support_views=1, mode="attract")
+    assert section == TopKSection(k=4, support_views=1, mode="attract")
+    assert build_fn_detector(section) == TopKDetector(k=4, support_views=1)
+    with pytest.raises(ConfigError, match="removal_rat is not a parameter of detector 'oracle'"):
+        FN_DETECTORS.section("oracle", removal_rat=0.25)
+    with pytest.raises(ConfigError, match="unknown detector 'psychic'"):
+        FN_DETECTORS.section("psychic")
 
 
 def test_detection_quality_on_a_hand_made_case() -> None:
@@ -149,7 +154,9 @@ def test_fn_detector_contract(name: str, params: dict[str, object]) -> None:
     """Every registered detector returns a bool subset of the candidates of the right shape, and
     a label-free one ignores the labels. Masks need not be symmetric (topk decides per anchor)."""
     batch = 12
-    detector = _ready(build_fn_detector(name, **params), n_bank=10 * batch, dim=8)
+    detector = _ready(
+        build_fn_detector(FN_DETECTORS.section(name, **params)), n_bank=10 * batch, dim=8
+    )
     z, ids, labels, cand = _batch(batch, 3, 4)
     g = torch.Generator().manual_seed(9)
     support = None
@@ -437,12 +444,41 @@ def test_cluster_detector_rejects_a_bank_smaller_than_n_clusters() -> None:
 def test_detectors_reject_bad_values_in_one_line(
     name: str, params: dict[str, object], bad: str
 ) -> None:
+    classes: dict[str, type[FalseNegativeDetector]] = {
+        "oracle": OracleDetector,
+        "threshold": ThresholdDetector,
+        "topk": TopKDetector,
+        "cluster": ClusterDetector,
+    }
     with pytest.raises(ConfigError, match=f"^{bad} must be") as info:
-        build_fn_detector(name, **params)
+        classes[name](**params)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "bad"),
+    [
+        ("threshold", {"threshold": 1.5}, "threshold=1.5"),
+        ("threshold", {"threshold": float("nan")}, "threshold=nan"),
+        ("topk", {"k": 0}, "k=0"),
+        ("topk", {"k": 2, "support_views": -1}, "support_views=-1"),
+        ("cluster", {"n_clusters": 1}, "n_clusters=1"),
+        ("cluster", {"n_clusters": 4, "iters": 0}, "iters=0"),
+        ("oracle", {"removal_rate": 1.5}, "removal_rate=1.5"),
+        ("oracle", {"warmup_epochs": -1}, "warmup_epochs=-1"),
+        ("oracle", {"mode": "repel"}, "mode='repel'"),
+    ],
+)
+def test_detector_sections_range_check_values_in_one_line(
+    name: str, params: dict[str, object], bad: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"invalid detector '{name}': {bad}") as info:
+        FN_DETECTORS.section(name, **params)
     assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["threshold", "topk", "cluster"])
 def test_required_detector_parameters_are_named_when_missing(name: str) -> None:
-    with pytest.raises(ConfigError, match="missing parameter"):
-        build_fn_detector(name)
+    required = {"threshold": "threshold", "topk": "k", "cluster": "n_clusters"}[name]
+    with pytest.raises(ConfigError, match=f"{required}: Field required"):
+        FN_DETECTORS.section(name)

@@ -8,6 +8,8 @@ from cslrobust.objectives import (
     OracleDetector,
     SimCLRFNRObjective,
     SimCLRObjective,
+    SimCLRSection,
+    SupervisedSection,
     build_objective,
     load_objective_state,
     objective_needs_bank,
@@ -19,7 +21,7 @@ from cslrobust.objectives import (
 @pytest.mark.parametrize("name", OBJECTIVES.names())
 def test_objective_contract(name: str) -> None:
     """Every registered objective builds with defaults and gives a finite, differentiable loss."""
-    objective = build_objective(name)
+    objective = build_objective(OBJECTIVES.section(name))
     assert objective.head_kind in ("projector", "classifier")
     assert objective.n_views >= 1
     g = torch.Generator().manual_seed(0)
@@ -50,7 +52,7 @@ def test_objective_contract(name: str) -> None:
 def test_loop_protocol_helpers_accept_every_objective(name: str) -> None:
     """The loop calls the bank/state helpers unconditionally: with defaults no objective needs a
     bank or holds state, and the state round-trips."""
-    objective = build_objective(name)
+    objective = build_objective(OBJECTIVES.section(name))
     assert not any(objective_needs_bank(objective, epoch) for epoch in range(3))
     bank = torch.randn(20, 10)
     assert refresh_objective(objective, bank, epoch=0, generator=torch.Generator()) == {}
@@ -61,32 +63,52 @@ def test_loop_protocol_helpers_accept_every_objective(name: str) -> None:
         load_objective_state(objective, {"unexpected": torch.zeros(1)})
 
 
-def test_build_objective_passes_typed_params() -> None:
-    assert build_objective("simclr", temperature=0.2) == SimCLRObjective(temperature=0.2)
+def test_build_objective_passes_the_section_values() -> None:
+    assert build_objective(SimCLRSection(temperature=0.2)) == SimCLRObjective(temperature=0.2)
+    assert build_objective(OBJECTIVES.section("simclr", temperature=0.2)) == SimCLRObjective(
+        temperature=0.2
+    )
 
 
-def test_build_objective_rejects_unknown_params_by_name() -> None:
-    with pytest.raises(ConfigError, match="temprature"):
-        build_objective("simclr", temprature=0.2)
-    with pytest.raises(ConfigError, match="head_kind"):
-        build_objective("supervised", head_kind="projector")
-    with pytest.raises(ConfigError, match="unknown objective"):
-        build_objective("byol")
+def test_every_objective_section_declares_its_head_kind() -> None:
+    """``load_run`` reads the head kind from the section class of older runs: it must agree."""
+    for name in OBJECTIVES.names():
+        section = OBJECTIVES.get(name).section
+        assert build_objective(section()).head_kind == section.head_kind, name
+    assert SupervisedSection.head_kind == "classifier"
 
 
-def test_build_objective_resolves_detector_names() -> None:
+def test_objective_sections_reject_unknown_params_by_name() -> None:
+    with pytest.raises(ConfigError, match="temprature is not a parameter of objective 'simclr'"):
+        OBJECTIVES.section("simclr", temprature=0.2)
+    with pytest.raises(ConfigError, match="head_kind is not a parameter of objective"):
+        OBJECTIVES.section("supervised", head_kind="projector")
+    with pytest.raises(ConfigError, match="unknown objective 'byol'"):
+        OBJECTIVES.section("byol")
+    with pytest.raises(ConfigError, match="temperature=0: Input should be greater than 0"):
+        OBJECTIVES.section("simclr", temperature=0)
+
+
+def test_build_objective_resolves_the_detector_section() -> None:
     objective = build_objective(
-        "simclr_fnr", detector="oracle", detector_params={"removal_rate": 0.5}, mode="attract"
+        OBJECTIVES.section(
+            "simclr_fnr", fn={"detector": "oracle", "removal_rate": 0.5, "mode": "attract"}
+        )
     )
     assert objective == SimCLRFNRObjective(
         detector=OracleDetector(removal_rate=0.5), mode="attract"
     )
-    with pytest.raises(ConfigError, match="removal"):
-        build_objective("simclr_fnr", detector="oracle", detector_params={"removal": 0.5})
-    with pytest.raises(ConfigError, match="detector_params"):
-        build_objective("simclr_fnr", detector_params={"removal_rate": 0.5})
-    with pytest.raises(ConfigError, match="detector"):
-        build_objective("simclr", detector="oracle")
+    with pytest.raises(ConfigError, match="fn.removal is not a parameter of detector 'oracle'"):
+        OBJECTIVES.section("simclr_fnr", fn={"detector": "oracle", "removal": 0.5})
+    with pytest.raises(ConfigError, match="fn is not a parameter of objective 'simclr'"):
+        OBJECTIVES.section("simclr", fn={"detector": "oracle"})
+
+
+def test_build_objective_rejects_a_foreign_section() -> None:
+    from cslrobust.objectives import OracleSection
+
+    with pytest.raises(ConfigError, match="not the section of a registered objective"):
+        build_objective(OracleSection())  # type: ignore[arg-type]
 
 
 @pytest.mark.gpu
@@ -94,7 +116,7 @@ def test_build_objective_resolves_detector_names() -> None:
 @pytest.mark.parametrize("name", OBJECTIVES.names())
 def test_objective_on_cuda_matches_cpu(name: str) -> None:
     """Same loss on CUDA (generator on the device, index and labels left on the CPU) as on CPU."""
-    objective = build_objective(name)
+    objective = build_objective(OBJECTIVES.section(name))
     g = torch.Generator().manual_seed(0)
     outputs = torch.randn(objective.n_views, 32, 16, generator=g, dtype=torch.float64)
     index = torch.randperm(1000, generator=g)[:32]

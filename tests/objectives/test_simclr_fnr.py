@@ -6,14 +6,17 @@ import torch
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives import (
+    OBJECTIVES,
     ClusterDetector,
     FalseNegativeDetector,
     OracleDetector,
     SimCLRFNRObjective,
+    SimCLRFNRSection,
     SimCLRObjective,
     SupConObjective,
     ThresholdDetector,
     TopKDetector,
+    TopKSection,
     build_objective,
     expand_to_views,
     instance_positive_mask,
@@ -223,20 +226,15 @@ def test_support_views_must_match_the_detector() -> None:
 
 
 def test_build_objective_takes_support_views_from_the_detector() -> None:
-    objective = build_objective(
-        "simclr_fnr", detector="topk", detector_params={"k": 5, "support_views": 2}
-    )
+    section = SimCLRFNRSection(fn=TopKSection(k=5, support_views=2, warmup_epochs=1))
+    objective = build_objective(section)
     assert objective.n_views == 4
     assert objective == SimCLRFNRObjective(
-        detector=TopKDetector(k=5, support_views=2), support_views=2
+        detector=TopKDetector(k=5, support_views=2), support_views=2, warmup_epochs=1
     )
-    with pytest.raises(ConfigError, match="support_views"):
-        build_objective(
-            "simclr_fnr",
-            detector="topk",
-            detector_params={"k": 5, "support_views": 2},
-            support_views=1,
-        )
+    # The objective's own support_views is no config key: it always follows the detector.
+    with pytest.raises(ConfigError, match="support_views is not a parameter of objective"):
+        OBJECTIVES.section("simclr_fnr", support_views=1)
 
 
 @pytest.mark.parametrize(

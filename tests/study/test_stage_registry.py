@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import cslrobust.study  # noqa: F401  (registers the built-in stages)
 from cslrobust.config import RunConfig, canonical_hash
 from cslrobust.errors import ConfigError
 from cslrobust.study.run_folder import ATTACK_FILE, load_probed_run
@@ -86,3 +87,13 @@ def test_a_stage_registered_in_a_test_runs_through_the_runner(
     for cell in study_cells(spec2):
         record = json.loads((cell.config.run_dir / ATTACK_FILE).read_text())
         assert {r["steps"] for r in record["results"] if r["attack"] == "pgd"} == {3}
+
+
+@pytest.mark.parametrize("name", STAGES.names())
+def test_every_stage_names_report_sections_that_exist(name):
+    from cslrobust.study.report.sections import SECTIONS
+
+    stage = STAGES.get(name)
+    assert stage.sections, f"stage {name!r} names no report section"
+    assert all(section in SECTIONS for section in stage.sections), stage.sections
+    assert all(need in STAGES and STAGES.get(need).order < stage.order for need in stage.needs)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cslrobust.augment import build_augment
+from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
 from cslrobust.errors import TrainingDivergedError
 from cslrobust.models import build_encoder
@@ -23,7 +23,7 @@ def _data(n: int = 48) -> TensorImageDataset:
 
 def _setup(objective_name: str, seed: int = 0):
     torch.manual_seed(seed)
-    objective = build_objective(objective_name)
+    objective = build_objective(OBJECTIVES.section(objective_name))
     encoder = build_encoder(
         "resnet18",
         width=4,
@@ -47,7 +47,7 @@ def _run(tmp: Path, objective_name: str, epochs: int, *, resume=False, hooks=(),
     result = train(
         encoder,
         objective,
-        build_augment("simclr"),
+        build_augment(SimCLRAugmentSection()),
         data,
         optimizer,
         schedule,

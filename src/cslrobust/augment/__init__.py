@@ -1,10 +1,19 @@
-"""Batched view generation (SimCLR / supervised CIFAR recipes); never normalises."""
+"""Batched view generation (SimCLR / supervised CIFAR recipes), one config section per preset; never normalises."""
 
-from cslrobust.augment.fast_views import SimCLRFastAugment, SimCLRViewParams
+from cslrobust.augment.fast_views import (
+    SimCLRFastAugment,
+    SimCLRFastAugmentSection,
+    SimCLRViewParams,
+)
 from cslrobust.augment.views import (
     AUGMENTATIONS,
     AugmentParams,
+    AugmentSection,
+    CropFlipAugmentSection,
+    NoAugmentSection,
     PipelineBuilder,
+    SimCLRAugmentSection,
+    SimCLRViewsSection,
     ViewAugment,
     build_augment,
 )
@@ -12,9 +21,15 @@ from cslrobust.augment.views import (
 __all__ = [
     "AUGMENTATIONS",
     "AugmentParams",
+    "AugmentSection",
+    "CropFlipAugmentSection",
+    "NoAugmentSection",
     "PipelineBuilder",
+    "SimCLRAugmentSection",
     "SimCLRFastAugment",
+    "SimCLRFastAugmentSection",
     "SimCLRViewParams",
+    "SimCLRViewsSection",
     "ViewAugment",
     "build_augment",
 ]

@@ -67,11 +67,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cslrobust.augment.views import AUGMENTATIONS, AugmentParams
+from cslrobust.augment.views import AUGMENTATIONS, AugmentParams, SimCLRViewsSection
 
 __all__ = [
     "CROP_CANDIDATES",
     "SimCLRFastAugment",
+    "SimCLRFastAugmentSection",
     "SimCLRViewParams",
     "adjust_brightness",
     "adjust_contrast",
@@ -447,8 +448,14 @@ class SimCLRFastAugment(nn.Module):
         )
 
 
-@AUGMENTATIONS.register("simclr_fast")
-def build_simclr_fast_pipeline(params: AugmentParams, size: tuple[int, int]) -> nn.Module:
+class SimCLRFastAugmentSection(SimCLRViewsSection):
+    """Config section of ``simclr_fast``: the strengths of ``simclr``, drawn without host syncs."""
+
+    kind: Literal["simclr_fast"] = "simclr_fast"
+
+
+@AUGMENTATIONS.register("simclr_fast", SimCLRFastAugmentSection)
+def build_simclr_fast_pipeline(section: SimCLRViewsSection, size: tuple[int, int]) -> nn.Module:
     """SimCLR's CIFAR recipe (as ``"simclr"``) as batched tensor ops with no host sync.
 
     Random resized crop, horizontal flip, colour jitter (random order per batch) and grayscale; no
@@ -459,4 +466,4 @@ def build_simclr_fast_pipeline(params: AugmentParams, size: tuple[int, int]) -> 
         of Visual Representations." ICML 2020, Appendix A and B.9 (Gaussian blur is dropped on
         CIFAR-10).
     """
-    return SimCLRFastAugment(params, size)
+    return SimCLRFastAugment(section.params(), size)

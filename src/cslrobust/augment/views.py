@@ -8,6 +8,10 @@ seed gives the same views on every device); the caller scopes that RNG, e.g. per
 ``"simclr_fast"`` preset (:mod:`cslrobust.augment.fast_views`) draws the same view distribution with
 batched tensor ops on the input's device and no host-device synchronisation.
 
+Each preset registers its config section (an :class:`~cslrobust.sections.AugmentSection` subclass
+whose ``kind`` defaults to the preset's name) with a pipeline builder that reads that section;
+:func:`build_augment` turns a section into a :class:`ViewAugment`.
+
 Augmentations never normalise: outputs are [0, 1] images and normalisation belongs to
 :class:`cslrobust.models.Normalize`.
 """
@@ -15,35 +19,47 @@ Augmentations never normalise: outputs are [0, 1] images and normalisation belon
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import kornia.augmentation as K
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
 from cslrobust.errors import ConfigError
-from cslrobust.registry import Registry
+from cslrobust.registry import ComponentRegistry
+from cslrobust.sections import AugmentSection
 
-__all__ = ["AUGMENTATIONS", "AugmentParams", "PipelineBuilder", "ViewAugment", "build_augment"]
+__all__ = [
+    "AUGMENTATIONS",
+    "AugmentParams",
+    "AugmentSection",
+    "CropFlipAugmentSection",
+    "NoAugmentSection",
+    "PipelineBuilder",
+    "SimCLRAugmentSection",
+    "SimCLRViewsSection",
+    "ViewAugment",
+    "build_augment",
+]
 
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """Strength settings shared by the view presets; each preset reads the fields it needs.
+    """Strength settings of the SimCLR recipe (``"simclr"`` and ``"simclr_fast"``).
 
     Attributes:
-        crop_scale: Range of the crop area as a fraction of the image (``"simclr"``).
-        crop_ratio: Range of the crop aspect ratio ``w / h``, sampled log-uniformly (``"simclr"``).
-        flip_p: Probability of a horizontal flip (``"simclr"``, ``"crop_flip"``).
+        crop_scale: Range of the crop area as a fraction of the image.
+        crop_ratio: Range of the crop aspect ratio ``w / h``, sampled log-uniformly.
+        flip_p: Probability of a horizontal flip.
         jitter: Colour-jitter strengths ``(brightness, contrast, saturation, hue)`` with torchvision
             semantics: factors drawn from ``[1 - s, 1 + s]`` (hue shift from ``[-h, h]`` turns).
-        jitter_p: Probability of applying colour jitter to a view (``"simclr"``).
-        grayscale_p: Probability of converting a view to grayscale (``"simclr"``).
-        crop_padding: Zero padding on each side before the random crop (``"crop_flip"``).
+        jitter_p: Probability of applying colour jitter to a view.
+        grayscale_p: Probability of converting a view to grayscale.
 
     Raises:
-        ConfigError: If a probability is outside [0, 1], a range is empty or out of bounds, a jitter
-            strength is negative (or hue > 0.5), or the padding is negative.
+        ConfigError: If a probability is outside [0, 1], a range is empty or out of bounds, or a
+            jitter strength is negative (or hue > 0.5).
     """
 
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -52,7 +68,6 @@ class AugmentParams:
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
-    crop_padding: int = 4
 
     def __post_init__(self) -> None:
         for name in ("flip_p", "jitter_p", "grayscale_p"):
@@ -65,35 +80,101 @@ class AugmentParams:
         lo, hi = self.crop_ratio
         if not 0.0 < lo <= hi:
             raise ConfigError(f"crop_ratio must satisfy 0 < lo <= hi; got {self.crop_ratio}")
-        if len(self.jitter) != 4 or min(self.jitter) < 0.0 or self.jitter[3] > 0.5:
-            raise ConfigError(
-                "jitter must be 4 non-negative strengths (brightness, contrast, saturation, hue) "
-                f"with hue <= 0.5; got {self.jitter}"
-            )
-        if self.crop_padding < 0:
-            raise ConfigError(f"crop_padding must be >= 0; got {self.crop_padding}")
+        if not _valid_jitter(self.jitter):
+            raise ConfigError(f"jitter must be {_JITTER_EXPECTED}; got {self.jitter}")
+
+
+_JITTER_EXPECTED = "4 non-negative strengths (brightness, contrast, saturation, hue), hue <= 0.5"
+
+
+def _valid_jitter(jitter: tuple[float, ...]) -> bool:
+    """Whether ``jitter`` is 4 non-negative strengths with hue <= 0.5."""
+    return len(jitter) == 4 and min(jitter) >= 0.0 and jitter[3] <= 0.5
+
+
+class SimCLRViewsSection(AugmentSection):
+    """The strengths of the SimCLR recipe: the section of ``simclr`` and ``simclr_fast``.
+
+    The crop aspect-ratio range is SimCLR's (3/4, 4/3) and not configurable.
+    """
+
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
+    jitter_p: float = Field(default=0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(default=0.2, ge=0.0, le=1.0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"expected 0 < low <= high <= 1, got {value}")
+        return value
+
+    @field_validator("jitter")
+    @classmethod
+    def _jitter_strengths(
+        cls, value: tuple[float, float, float, float]
+    ) -> tuple[float, float, float, float]:
+        if not _valid_jitter(value):
+            raise ValueError(f"expected {_JITTER_EXPECTED}")
+        return value
+
+    def params(self) -> AugmentParams:
+        """These strengths as the recipe's :class:`AugmentParams`."""
+        return AugmentParams(
+            crop_scale=self.crop_scale,
+            flip_p=self.flip_p,
+            jitter=self.jitter,
+            jitter_p=self.jitter_p,
+            grayscale_p=self.grayscale_p,
+        )
+
+
+class SimCLRAugmentSection(SimCLRViewsSection):
+    """Config section of ``simclr`` (kornia), the default of every method."""
+
+    kind: Literal["simclr"] = "simclr"
+
+
+class CropFlipAugmentSection(AugmentSection):
+    """Config section of ``crop_flip``: zero-pad, random crop, horizontal flip."""
+
+    kind: Literal["crop_flip"] = "crop_flip"
+    flip_p: float = Field(default=0.5, ge=0.0, le=1.0)
+    crop_padding: int = Field(default=4, ge=0, description="zero padding before the crop")
+
+
+class NoAugmentSection(AugmentSection):
+    """Config section of ``none``: every view is a copy of its image (no parameters)."""
+
+    kind: Literal["none"] = "none"
 
 
 class PipelineBuilder(Protocol):
-    """Signature of the entries of :data:`AUGMENTATIONS`."""
+    """Signature of the builders of :data:`AUGMENTATIONS`: the preset's section and image size."""
 
-    def __call__(self, params: AugmentParams, size: tuple[int, int]) -> nn.Module:
+    def __call__(self, section: Any, size: tuple[int, int]) -> nn.Module:
         """Build a per-row random pipeline mapping ``(N, C, *size)`` to ``(N, C, *size)``."""
         ...
 
 
-AUGMENTATIONS: Registry[PipelineBuilder] = Registry("augmentation")
-"""View presets keyed by the ``kind`` config value."""
+AUGMENTATIONS: ComponentRegistry[AugmentSection, PipelineBuilder] = ComponentRegistry(
+    "augmentation", key="kind", base=AugmentSection
+)
+"""View presets keyed by the ``augment.kind`` config value: section class and builder each."""
 
 
-@AUGMENTATIONS.register("simclr")
-def build_simclr_pipeline(params: AugmentParams, size: tuple[int, int]) -> nn.Module:
+@AUGMENTATIONS.register("simclr", SimCLRAugmentSection)
+def build_simclr_pipeline(section: SimCLRViewsSection, size: tuple[int, int]) -> nn.Module:
     """SimCLR's CIFAR recipe: random resized crop, flip, colour jitter, grayscale; no blur.
 
     Reference:
         T. Chen, S. Kornblith, M. Norouzi, G. Hinton. "A Simple Framework for Contrastive Learning
         of Visual Representations." ICML 2020, Appendix B.9 (Gaussian blur is dropped on CIFAR-10).
     """
+    params = section.params()
     brightness, contrast, saturation, hue = params.jitter
     return nn.Sequential(
         K.RandomResizedCrop(size, scale=params.crop_scale, ratio=params.crop_ratio),
@@ -105,19 +186,19 @@ def build_simclr_pipeline(params: AugmentParams, size: tuple[int, int]) -> nn.Mo
     )
 
 
-@AUGMENTATIONS.register("crop_flip")
-def build_crop_flip_pipeline(params: AugmentParams, size: tuple[int, int]) -> nn.Module:
+@AUGMENTATIONS.register("crop_flip", CropFlipAugmentSection)
+def build_crop_flip_pipeline(section: CropFlipAugmentSection, size: tuple[int, int]) -> nn.Module:
     """The standard supervised CIFAR recipe: zero-pad, random crop back to ``size``, flip."""
     return nn.Sequential(
-        K.RandomCrop(size, padding=params.crop_padding),
-        K.RandomHorizontalFlip(p=params.flip_p),
+        K.RandomCrop(size, padding=section.crop_padding),
+        K.RandomHorizontalFlip(p=section.flip_p),
     )
 
 
-@AUGMENTATIONS.register("none")
-def build_identity_pipeline(params: AugmentParams, size: tuple[int, int]) -> nn.Module:
+@AUGMENTATIONS.register("none", NoAugmentSection)
+def build_identity_pipeline(section: NoAugmentSection, size: tuple[int, int]) -> nn.Module:
     """No augmentation: every view is an exact copy of its sample."""
-    del params, size
+    del section, size
     return nn.Identity()
 
 
@@ -128,12 +209,12 @@ class ViewAugment(nn.Module):
     it holds no state that affects the output.
 
     Args:
-        kind: Preset name registered in :data:`AUGMENTATIONS` (``"simclr"``, ``"simclr_fast"``,
-            ``"crop_flip"``, ``"none"``).
-        params: Strength settings; the defaults are the SimCLR CIFAR values.
+        section: The section of a preset registered in :data:`AUGMENTATIONS` (``"simclr"``,
+            ``"simclr_fast"``, ``"crop_flip"``, ``"none"``), e.g. ``SimCLRAugmentSection()`` or
+            ``AUGMENTATIONS.section("crop_flip", crop_padding=2)``.
 
     Raises:
-        ConfigError: If ``kind`` is unknown.
+        ConfigError: If ``section`` is not a registered preset's section.
 
     Shape:
         - images: ``(B, C, H, W)`` floating point in [0, 1] (``C = 3`` for the SimCLR presets).
@@ -141,11 +222,10 @@ class ViewAugment(nn.Module):
           ``v * B + b`` is view ``v`` of sample ``b``.
     """
 
-    def __init__(self, kind: str, params: AugmentParams | None = None) -> None:
+    def __init__(self, section: AugmentSection) -> None:
         super().__init__()
-        self.kind = kind
-        self.params = params if params is not None else AugmentParams()
-        self._builder = AUGMENTATIONS.get(kind)
+        self.section = section
+        self._builder = AUGMENTATIONS.entry_for(section).build
         self._pipelines: dict[tuple[int, int], nn.Module] = {}
 
     def forward(self, images: torch.Tensor, n_views: int) -> torch.Tensor:
@@ -164,28 +244,28 @@ class ViewAugment(nn.Module):
         size = (images.shape[-2], images.shape[-1])
         pipeline = self._pipelines.get(size)
         if pipeline is None:
-            pipeline = self._pipelines[size] = self._builder(self.params, size)
+            pipeline = self._pipelines[size] = self._builder(self.section, size)
         # Crops/flips/grayscale are convex combinations and ColorJitter clamps, so this clamp only
         # removes floating-point round-off.
         out: torch.Tensor = pipeline(views)
         return out.clamp_(0.0, 1.0)
 
     def extra_repr(self) -> str:
-        """Show the preset and its parameters in ``repr``."""
-        return f"kind={self.kind!r}, params={self.params}"
+        """Show the preset's section in ``repr``."""
+        return repr(self.section)
 
 
-def build_augment(kind: str, params: AugmentParams | None = None) -> ViewAugment:
-    """Build the :class:`ViewAugment` for preset ``kind``.
+def build_augment(section: AugmentSection) -> ViewAugment:
+    """Build the :class:`ViewAugment` of the preset that ``section`` configures.
 
     Args:
-        kind: Preset name registered in :data:`AUGMENTATIONS`.
-        params: Strength settings; ``None`` uses the :class:`AugmentParams` defaults.
+        section: A registered preset's section (from a config, ``AUGMENTATIONS.section(kind,
+            ...)`` or the section class itself).
 
     Returns:
         The view generator.
 
     Raises:
-        ConfigError: If ``kind`` is unknown or ``params`` is invalid.
+        ConfigError: If ``section`` is not a registered preset's section.
     """
-    return ViewAugment(kind, params)
+    return ViewAugment(section)

@@ -1,7 +1,7 @@
 """Training objectives: InfoNCE on masks, mask builders, false-negative detectors, plug-ins.
 
 Importing this package registers every built-in objective in :data:`OBJECTIVES` and every
-detector in :data:`FN_DETECTORS`.
+detector in :data:`FN_DETECTORS`, each with its typed config section.
 """
 
 from cslrobust.objectives.contrastive import (
@@ -11,15 +11,25 @@ from cslrobust.objectives.contrastive import (
     pair_similarity_means,
     similarity_logits,
 )
-from cslrobust.objectives.debiased import DebiasedObjective, debiased_contrastive_loss
+from cslrobust.objectives.contrastive_objective import ContrastiveSection
+from cslrobust.objectives.debiased import (
+    DebiasedObjective,
+    DebiasedSection,
+    debiased_contrastive_loss,
+)
 from cslrobust.objectives.fn_detectors import (
     FN_DETECTORS,
     BankFalseNegativeDetector,
     ClusterDetector,
+    ClusterSection,
     FalseNegativeDetector,
+    FalseNegativeSection,
     OracleDetector,
+    OracleSection,
     ThresholdDetector,
+    ThresholdSection,
     TopKDetector,
+    TopKSection,
     build_fn_detector,
     detection_quality,
 )
@@ -36,6 +46,7 @@ from cslrobust.objectives.objective import (
     HeadKind,
     LossOutput,
     Objective,
+    ObjectiveSection,
     StatefulObjective,
     build_objective,
     check_batch,
@@ -44,10 +55,10 @@ from cslrobust.objectives.objective import (
     objective_state,
     refresh_objective,
 )
-from cslrobust.objectives.simclr import SimCLRObjective
-from cslrobust.objectives.simclr_fnr import FNRMode, SimCLRFNRObjective
-from cslrobust.objectives.supcon import SupConObjective
-from cslrobust.objectives.supervised import SupervisedObjective
+from cslrobust.objectives.simclr import SimCLRObjective, SimCLRSection
+from cslrobust.objectives.simclr_fnr import FNRMode, SimCLRFNRObjective, SimCLRFNRSection
+from cslrobust.objectives.supcon import SupConObjective, SupConSection
+from cslrobust.objectives.supervised import SupervisedObjective, SupervisedSection
 
 __all__ = [
     "FN_DETECTORS",
@@ -55,22 +66,34 @@ __all__ = [
     "BankFalseNegativeDetector",
     "BankObjective",
     "ClusterDetector",
+    "ClusterSection",
+    "ContrastiveSection",
     "DebiasedObjective",
+    "DebiasedSection",
     "FNRMode",
     "FalseNegativeDetector",
+    "FalseNegativeSection",
     "HeadKind",
     "KMeansResult",
     "LossOutput",
     "Objective",
+    "ObjectiveSection",
     "OracleDetector",
+    "OracleSection",
     "Reduction",
     "SimCLRFNRObjective",
+    "SimCLRFNRSection",
     "SimCLRObjective",
+    "SimCLRSection",
     "StatefulObjective",
     "SupConObjective",
+    "SupConSection",
     "SupervisedObjective",
+    "SupervisedSection",
     "ThresholdDetector",
+    "ThresholdSection",
     "TopKDetector",
+    "TopKSection",
     "build_fn_detector",
     "build_objective",
     "check_batch",

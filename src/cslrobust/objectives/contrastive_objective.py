@@ -15,14 +15,28 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives.contrastive import info_nce, normalize_views, pair_similarity_means
 from cslrobust.objectives.masks import negative_mask
 from cslrobust.objectives.objective import LossOutput, check_batch
+from cslrobust.sections import HeadKind, ObjectiveSection
 
-__all__ = ["ContrastiveObjective"]
+__all__ = ["ContrastiveObjective", "ContrastiveSection"]
+
+
+class ContrastiveSection(ObjectiveSection):
+    """Base of the sections of the contrastive objectives (projector head, a temperature).
+
+    Attributes:
+        temperature: Softmax temperature ``tau > 0``. The default 0.5 is SimCLR's CIFAR-10 setting,
+            shared by every contrastive objective so that they differ only in their masks.
+    """
+
+    temperature: float = Field(default=0.5, gt=0.0)
+    head_kind: ClassVar[HeadKind] = "projector"
 
 
 class ContrastiveObjective(ABC):

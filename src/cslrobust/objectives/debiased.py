@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives.contrastive import similarity_logits
-from cslrobust.objectives.contrastive_objective import ContrastiveObjective
+from cslrobust.objectives.contrastive_objective import ContrastiveObjective, ContrastiveSection
 from cslrobust.objectives.masks import expand_to_views, instance_positive_mask
 from cslrobust.objectives.objective import OBJECTIVES, HeadKind
 
-__all__ = ["DebiasedObjective", "debiased_contrastive_loss"]
+__all__ = ["DebiasedObjective", "DebiasedSection", "build_debiased", "debiased_contrastive_loss"]
 
 
 def debiased_contrastive_loss(
@@ -106,7 +107,6 @@ def debiased_contrastive_loss(
     return loss, clamped_fraction
 
 
-@OBJECTIVES.register("debiased")
 @dataclass(frozen=True)
 class DebiasedObjective(ContrastiveObjective):
     """SimCLR's instance discrimination with the debiased loss of Chuang et al. (2020).
@@ -153,3 +153,16 @@ class DebiasedObjective(ContrastiveObjective):
             z, pos_mask, neg_mask, self.temperature, self.tau_plus
         )
         return loss, {"dcl_clamped_fraction": clamped}
+
+
+class DebiasedSection(ContrastiveSection):
+    """Config section of ``debiased``: the temperature and the class prior ``tau_plus``."""
+
+    name: Literal["debiased"] = "debiased"
+    tau_plus: float = Field(default=0.1, ge=0.0, lt=1.0, description="class prior of 'debiased'")
+
+
+@OBJECTIVES.register("debiased", DebiasedSection)
+def build_debiased(section: DebiasedSection) -> DebiasedObjective:
+    """The ``debiased`` objective of a config section."""
+    return DebiasedObjective(temperature=section.temperature, tau_plus=section.tau_plus)

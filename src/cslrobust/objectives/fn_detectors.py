@@ -22,6 +22,11 @@ changes only through :meth:`~BankFalseNegativeDetector.refresh` and
 :meth:`~BankFalseNegativeDetector.load_state_dict` and is saved with
 :meth:`~BankFalseNegativeDetector.state_dict`; calling one before it is fitted is an error.
 
+Each detector registers its config section (a :class:`FalseNegativeSection` subclass: the
+detector's parameters beside ``mode`` and ``warmup_epochs``, which tell ``simclr_fnr`` how to apply
+the mask) together with a builder from that section; :func:`build_fn_detector` dispatches a section
+to its builder.
+
 Detection quality is measured against labels with :func:`detection_quality`. Labels are passed to
 every detector so that the oracle can use them; label-free detectors (``uses_labels = False``) must
 not read them, and the registry contract test checks that their output does not change when labels
@@ -34,35 +39,46 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
-from cslrobust.objectives._params import check_params
 from cslrobust.objectives.kmeans import spherical_kmeans
-from cslrobust.registry import Registry
+from cslrobust.registry import ComponentRegistry
+from cslrobust.sections import Section
 
 __all__ = [
     "FN_DETECTORS",
     "BankFalseNegativeDetector",
     "ClusterDetector",
+    "ClusterSection",
+    "FNRMode",
     "FalseNegativeDetector",
+    "FalseNegativeSection",
     "OracleDetector",
+    "OracleSection",
     "ThresholdDetector",
+    "ThresholdSection",
     "TopKDetector",
+    "TopKSection",
     "build_fn_detector",
     "detection_quality",
 ]
+
+FNRMode = Literal["eliminate", "attract"]
+"""How ``simclr_fnr`` treats detected false negatives: leave them out, or make them positives."""
 
 
 class FalseNegativeDetector(ABC):
     """Interface of a false-negative detector.
 
-    Subclasses are registered in :data:`FN_DETECTORS` and are built from typed keyword arguments
-    (required ones have no default: a threshold or ``k`` has no sensible universal value). The
-    registry contract test builds each one from an example parameter set.
+    Subclasses are built from typed keyword arguments (required ones have no default: a threshold or
+    ``k`` has no sensible universal value); their registered builders in :data:`FN_DETECTORS` take
+    them from the detector's config section. The registry contract test builds each one from an
+    example parameter set.
 
     Attributes:
         uses_labels: Whether the detector reads ``labels`` (True only for the oracle upper bound).
@@ -161,7 +177,28 @@ class BankFalseNegativeDetector(FalseNegativeDetector):
         """Restore a fit saved by :meth:`state_dict` (an empty mapping clears it)."""
 
 
-FN_DETECTORS: Registry[type[FalseNegativeDetector]] = Registry("fn_detector")
+class FalseNegativeSection(Section):
+    """Base of the ``objective.fn`` sections: a detector's parameters and how the mask is applied.
+
+    Attributes:
+        detector: Registry key of the detector (each subclass fixes it).
+        mode: ``"eliminate"`` or ``"attract"`` the detected false negatives (read by
+            ``simclr_fnr``, not by the detector).
+        warmup_epochs: Epochs of plain SimCLR before detection starts (read by ``simclr_fnr``).
+    """
+
+    detector: str
+    mode: FNRMode = "eliminate"
+    warmup_epochs: int = Field(default=0, ge=0)
+
+
+FalseNegativeDetectorBuilder = Callable[[Any], FalseNegativeDetector]
+"""A registered builder: the detector from an instance of its section."""
+
+FN_DETECTORS: ComponentRegistry[FalseNegativeSection, FalseNegativeDetectorBuilder] = (
+    ComponentRegistry("detector", key="detector", base=FalseNegativeSection)
+)
+"""False-negative detectors keyed by ``objective.fn.detector``: section class and builder each."""
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -217,7 +254,6 @@ def _similarity_scores(z: Tensor, support: Tensor | None, support_views: int, wh
     return scores.repeat(m // support.shape[1], 1)  # (M, M): row r is sample r % B
 
 
-@FN_DETECTORS.register("oracle")
 @dataclass(frozen=True)
 class OracleDetector(FalseNegativeDetector):
     """Upper-bound detector: every candidate negative with the anchor's label is a false negative.
@@ -297,7 +333,6 @@ class _SimilarityDetector(FalseNegativeDetector):
         return self._flag(scores, candidate_mask)
 
 
-@FN_DETECTORS.register("threshold")
 @dataclass(frozen=True)
 class ThresholdDetector(_SimilarityDetector):
     """Flag candidate negatives whose cosine similarity to the anchor exceeds a threshold.
@@ -331,7 +366,6 @@ class ThresholdDetector(_SimilarityDetector):
         return candidate_mask & (scores > self.threshold)
 
 
-@FN_DETECTORS.register("topk")
 @dataclass(frozen=True)
 class TopKDetector(_SimilarityDetector):
     """Flag, for every anchor, its ``k`` highest-scoring candidate negatives.
@@ -384,7 +418,6 @@ class _ClusterFit:
     centroids: Tensor | None = None
 
 
-@FN_DETECTORS.register("cluster")
 @dataclass(frozen=True)
 class ClusterDetector(BankFalseNegativeDetector):
     """Flag candidate negatives whose k-means pseudo-label equals the anchor's.
@@ -517,23 +550,82 @@ class ClusterDetector(BankFalseNegativeDetector):
         return candidate_mask & (row_clusters[:, None] == row_clusters[None, :])
 
 
-def build_fn_detector(name: str, /, **params: object) -> FalseNegativeDetector:
-    """Build the detector registered as ``name`` from its constructor parameters.
+class OracleSection(FalseNegativeSection):
+    """Config section of the ``oracle`` detector (see :class:`OracleDetector`)."""
+
+    detector: Literal["oracle"] = "oracle"
+    removal_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class _SimilaritySection(FalseNegativeSection):
+    """The ``support_views`` shared by the similarity detectors' sections."""
+
+    support_views: int = Field(default=0, ge=0)
+
+
+class ThresholdSection(_SimilaritySection):
+    """Config section of the ``threshold`` detector (see :class:`ThresholdDetector`)."""
+
+    detector: Literal["threshold"] = "threshold"
+    threshold: float = Field(ge=-1.0, le=1.0)
+
+
+class TopKSection(_SimilaritySection):
+    """Config section of the ``topk`` detector (see :class:`TopKDetector`)."""
+
+    detector: Literal["topk"] = "topk"
+    k: int = Field(ge=1)
+
+
+class ClusterSection(FalseNegativeSection):
+    """Config section of the ``cluster`` detector (see :class:`ClusterDetector`)."""
+
+    detector: Literal["cluster"] = "cluster"
+    n_clusters: int = Field(ge=2)
+    refresh_every: int = Field(default=1, ge=1)
+    iters: int = Field(default=20, ge=1)
+
+
+@FN_DETECTORS.register("oracle", OracleSection)
+def build_oracle(section: OracleSection) -> OracleDetector:
+    """The ``oracle`` detector of a config section."""
+    return OracleDetector(removal_rate=section.removal_rate)
+
+
+@FN_DETECTORS.register("threshold", ThresholdSection)
+def build_threshold(section: ThresholdSection) -> ThresholdDetector:
+    """The ``threshold`` detector of a config section."""
+    return ThresholdDetector(threshold=section.threshold, support_views=section.support_views)
+
+
+@FN_DETECTORS.register("topk", TopKSection)
+def build_topk(section: TopKSection) -> TopKDetector:
+    """The ``topk`` detector of a config section."""
+    return TopKDetector(k=section.k, support_views=section.support_views)
+
+
+@FN_DETECTORS.register("cluster", ClusterSection)
+def build_cluster(section: ClusterSection) -> ClusterDetector:
+    """The ``cluster`` detector of a config section."""
+    return ClusterDetector(
+        n_clusters=section.n_clusters, refresh_every=section.refresh_every, iters=section.iters
+    )
+
+
+def build_fn_detector(section: FalseNegativeSection) -> FalseNegativeDetector:
+    """Build the detector that ``section`` configures.
 
     Args:
-        name: A key of :data:`FN_DETECTORS` (e.g. ``"oracle"``).
-        **params: Keyword arguments of that detector's constructor.
+        section: A registered detector's section, e.g. ``FN_DETECTORS.section("topk", k=5)`` or
+            ``TopKSection(k=5)``.
 
     Returns:
-        The detector.
+        The detector (``mode`` and ``warmup_epochs`` are for the objective and not read here).
 
     Raises:
-        ConfigError: If ``name`` is unknown, a parameter is unknown or missing, or a value is
-            invalid.
+        ConfigError: If ``section`` is not a registered detector's section or a value is invalid.
     """
-    factory: Callable[..., FalseNegativeDetector] = FN_DETECTORS.get(name)
-    check_params(factory, params, what=f"fn_detector {name!r}")
-    return factory(**params)
+    return FN_DETECTORS.entry_for(section).build(section)
 
 
 def detection_quality(

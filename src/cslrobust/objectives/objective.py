@@ -1,6 +1,9 @@
 """The ``Objective`` plug-in protocol used by the one training loop, its registry and factory.
 
-An objective is a small object built from typed constructor parameters. The loop asks it how many
+An objective is a small object built from typed constructor parameters. Each registered objective
+declares its config section (an :class:`~cslrobust.sections.ObjectiveSection` subclass whose ``name``
+defaults to its registry key) and a builder from that section (``@OBJECTIVES.register(name,
+Section)``); :func:`build_objective` dispatches a section to its builder. The loop asks it how many
 views to generate (``n_views``) and which head to attach (``head_kind``), runs the model on the
 views, and calls it with the stacked head outputs; it returns the loss and cheap detached metrics.
 Anything that changes over training (the epoch, the random generator) is an argument.
@@ -28,18 +31,15 @@ This state (:class:`StatefulObjective`) is the only state an objective holds; it
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from cslrobust.errors import ConfigError
-from cslrobust.objectives._params import check_params
-from cslrobust.objectives.fn_detectors import FalseNegativeDetector, build_fn_detector
-from cslrobust.registry import Registry
+from cslrobust.registry import ComponentRegistry
+from cslrobust.sections import HeadKind, ObjectiveSection
 
 __all__ = [
     "OBJECTIVES",
@@ -47,6 +47,8 @@ __all__ = [
     "HeadKind",
     "LossOutput",
     "Objective",
+    "ObjectiveBuilder",
+    "ObjectiveSection",
     "StatefulObjective",
     "build_objective",
     "check_batch",
@@ -55,8 +57,6 @@ __all__ = [
     "objective_state",
     "refresh_objective",
 ]
-
-HeadKind = Literal["projector", "classifier"]
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,13 @@ def load_objective_state(objective: Objective, state: Mapping[str, Tensor]) -> N
         )
 
 
-OBJECTIVES: Registry[Callable[..., Objective]] = Registry("objective")
+ObjectiveBuilder = Callable[[Any], Objective]
+"""A registered builder: the objective from an instance of its section."""
+
+OBJECTIVES: ComponentRegistry[ObjectiveSection, ObjectiveBuilder] = ComponentRegistry(
+    "objective", key="name", base=ObjectiveSection
+)
+"""Objectives keyed by ``objective.name``: each entry holds its section class and builder."""
 
 
 def check_batch(outputs: Tensor, index: Tensor, labels: Tensor, n_views: int) -> None:
@@ -263,43 +269,20 @@ def check_batch(outputs: Tensor, index: Tensor, labels: Tensor, n_views: int) ->
             raise ValueError(f"{name} must have shape ({batch_size},), got {tuple(tensor.shape)}")
 
 
-def build_objective(name: str, /, **params: object) -> Objective:
-    """Build the objective registered as ``name`` from its constructor parameters.
+def build_objective(section: ObjectiveSection) -> Objective:
+    """Build the objective that ``section`` configures.
 
-    A string ``detector`` parameter is resolved through the false-negative detector registry:
-    ``build_objective("simclr_fnr", detector="oracle", detector_params={"removal_rate": 0.5})`` is
-    ``SimCLRFNRObjective(detector=OracleDetector(removal_rate=0.5))``. A detector object may also be
-    passed directly. When the detector needs support views and ``support_views`` is not given,
-    the objective's ``support_views`` is set to the detector's (so a config states it once).
+    ``build_objective(OBJECTIVES.section("simclr_fnr", fn={"detector": "topk", "k": 5}))`` is the
+    objective of a config with ``objective: {name: simclr_fnr, fn: {detector: topk, k: 5}}``.
 
     Args:
-        name: A key of :data:`OBJECTIVES` (e.g. ``"simclr"``).
-        **params: Keyword arguments of that objective's constructor, plus ``detector_params`` when
-            ``detector`` is a registry name.
+        section: A registered objective's section (from a config, :meth:`OBJECTIVES.section
+            <cslrobust.registry.ComponentRegistry.section>` or the section class itself).
 
     Returns:
         The objective.
 
     Raises:
-        ConfigError: If ``name`` or the detector name is unknown, a parameter is unknown or missing,
-            or a value is invalid.
+        ConfigError: If ``section`` is not a registered objective's section or a value is invalid.
     """
-    factory = OBJECTIVES.get(name)
-    params = dict(params)
-    detector_params = params.pop("detector_params", None)
-    detector = params.get("detector")
-    if isinstance(detector, str):
-        if detector_params is None:
-            detector_params = {}
-        if not isinstance(detector_params, dict):
-            raise ConfigError(f"detector_params must be a mapping, got {detector_params!r}")
-        params["detector"] = build_fn_detector(detector, **detector_params)
-    elif detector_params is not None:
-        raise ConfigError("detector_params is only accepted together with a detector name")
-    detector = params.get("detector")
-    wanted = detector.support_views if isinstance(detector, FalseNegativeDetector) else 0
-    if wanted and "support_views" not in params:
-        if "support_views" in inspect.signature(factory).parameters:
-            params["support_views"] = wanted
-    check_params(factory, params, what=f"objective {name!r}")
-    return factory(**params)
+    return OBJECTIVES.entry_for(section).build(section)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from cslrobust.objectives.contrastive_objective import ContrastiveObjective
+from cslrobust.objectives.contrastive_objective import ContrastiveObjective, ContrastiveSection
 from cslrobust.objectives.masks import expand_to_views, instance_positive_mask
 from cslrobust.objectives.objective import OBJECTIVES, HeadKind
 
-__all__ = ["SimCLRObjective"]
+__all__ = ["SimCLRObjective", "SimCLRSection", "build_simclr"]
 
 
-@OBJECTIVES.register("simclr")
 @dataclass(frozen=True)
 class SimCLRObjective(ContrastiveObjective):
     """NT-Xent: positives are the other views of the anchor's instance, all other rows negatives.
@@ -44,3 +43,15 @@ class SimCLRObjective(ContrastiveObjective):
     def positive_mask(self, index: Tensor, labels: Tensor) -> Tensor:
         """The other views of the anchor's instance; ``(V*B, V*B)``."""
         return instance_positive_mask(expand_to_views(index, self.n_views))
+
+
+class SimCLRSection(ContrastiveSection):
+    """Config section of ``simclr`` (``objective: {name: simclr, temperature: ...}``)."""
+
+    name: Literal["simclr"] = "simclr"
+
+
+@OBJECTIVES.register("simclr", SimCLRSection)
+def build_simclr(section: SimCLRSection) -> SimCLRObjective:
+    """The ``simclr`` objective of a config section."""
+    return SimCLRObjective(temperature=section.temperature)

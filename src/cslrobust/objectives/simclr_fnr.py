@@ -8,26 +8,30 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, SerializeAsAny, field_validator
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives.contrastive import info_nce, normalize_views, pair_similarity_means
+from cslrobust.objectives.contrastive_objective import ContrastiveSection
 from cslrobust.objectives.fn_detectors import (
+    FN_DETECTORS,
     BankFalseNegativeDetector,
     FalseNegativeDetector,
+    FalseNegativeSection,
+    FNRMode,
     OracleDetector,
+    build_fn_detector,
     detection_quality,
 )
 from cslrobust.objectives.masks import expand_to_views, instance_positive_mask, negative_mask
 from cslrobust.objectives.objective import OBJECTIVES, HeadKind, LossOutput, check_batch
 
-__all__ = ["FNRMode", "SimCLRFNRObjective"]
+__all__ = ["FNRMode", "SimCLRFNRObjective", "SimCLRFNRSection", "build_simclr_fnr"]
 
-FNRMode = Literal["eliminate", "attract"]
 _MODES: frozenset[str] = frozenset(("eliminate", "attract"))
 
 
-@OBJECTIVES.register("simclr_fnr")
 @dataclass(frozen=True)
 class SimCLRFNRObjective:
     r"""NT-Xent where detected false negatives ``F(i)`` are eliminated or attracted.
@@ -46,8 +50,8 @@ class SimCLRFNRObjective:
     **Support views** (FNC): with ``support_views = S > 0`` the loop generates ``2 + S`` views.
     Views 0 and 1 form the SimCLR loss exactly as with ``S = 0``; views ``2 .. 1+S`` are passed,
     normalised and detached, to the detector as ``support`` (shape ``(S, B, D)``) and never enter
-    the loss. ``S`` must equal the detector's ``support_views``; ``build_objective`` fills it in
-    from the detector when it is not given.
+    the loss. ``S`` must equal the detector's ``support_views``; the config builder
+    (:func:`build_simclr_fnr`) takes it from the detector.
 
     **Bank detectors** (``cluster``): the objective implements the loop protocols of
     :mod:`~cslrobust.objectives.objective` (``needs_bank``, ``refresh``, ``state_dict``,
@@ -212,3 +216,33 @@ class SimCLRFNRObjective:
             **{f"fn_{name}": value for name, value in quality.items()},
         }
         return LossOutput(loss=loss, metrics=metrics)
+
+
+class SimCLRFNRSection(ContrastiveSection):
+    """Config section of ``simclr_fnr``: the temperature and the false-negative removal ``fn``.
+
+    ``fn`` is the chosen detector's section (``fn.detector`` selects it, ``oracle`` by default)
+    with ``mode`` and ``warmup_epochs`` beside the detector's own parameters, as in
+    ``objective: {name: simclr_fnr, fn: {detector: topk, k: 10, warmup_epochs: 3}}``.
+    """
+
+    name: Literal["simclr_fnr"] = "simclr_fnr"
+    fn: SerializeAsAny[FalseNegativeSection] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("fn", mode="before")
+    @classmethod
+    def _detector_section(cls, value: object) -> FalseNegativeSection:
+        return FN_DETECTORS.parse(value, default="oracle")
+
+
+@OBJECTIVES.register("simclr_fnr", SimCLRFNRSection)
+def build_simclr_fnr(section: SimCLRFNRSection) -> SimCLRFNRObjective:
+    """The ``simclr_fnr`` objective of a config section (support views as the detector's)."""
+    detector = build_fn_detector(section.fn)
+    return SimCLRFNRObjective(
+        detector=detector,
+        mode=section.fn.mode,
+        temperature=section.temperature,
+        warmup_epochs=section.fn.warmup_epochs,
+        support_views=detector.support_views,
+    )

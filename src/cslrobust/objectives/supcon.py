@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
-from cslrobust.objectives.contrastive_objective import ContrastiveObjective
+from cslrobust.objectives.contrastive_objective import ContrastiveObjective, ContrastiveSection
 from cslrobust.objectives.masks import expand_to_views, label_positive_mask
 from cslrobust.objectives.objective import OBJECTIVES, HeadKind
 
-__all__ = ["SupConObjective"]
+__all__ = ["SupConObjective", "SupConSection", "build_supcon"]
 
 
-@OBJECTIVES.register("supcon")
 @dataclass(frozen=True)
 class SupConObjective(ContrastiveObjective):
     """SupCon L_out: other rows with the anchor's label are positives, all others negatives.
@@ -42,3 +41,15 @@ class SupConObjective(ContrastiveObjective):
     def positive_mask(self, index: Tensor, labels: Tensor) -> Tensor:
         """Every other row with the anchor's label; ``(V*B, V*B)``."""
         return label_positive_mask(expand_to_views(labels, self.n_views))
+
+
+class SupConSection(ContrastiveSection):
+    """Config section of ``supcon`` (``objective: {name: supcon, temperature: ...}``)."""
+
+    name: Literal["supcon"] = "supcon"
+
+
+@OBJECTIVES.register("supcon", SupConSection)
+def build_supcon(section: SupConSection) -> SupConObjective:
+    """The ``supcon`` objective of a config section."""
+    return SupConObjective(temperature=section.temperature)

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives.masks import expand_to_views
 from cslrobust.objectives.objective import OBJECTIVES, HeadKind, LossOutput, check_batch
+from cslrobust.sections import ObjectiveSection
 
-__all__ = ["SupervisedObjective"]
+__all__ = ["SupervisedObjective", "SupervisedSection", "build_supervised"]
 
 
-@OBJECTIVES.register("supervised")
 @dataclass(frozen=True)
 class SupervisedObjective:
     """Cross-entropy on class logits, averaged over samples and views.
@@ -68,3 +70,17 @@ class SupervisedObjective:
         with torch.no_grad():
             accuracy = (logits.argmax(dim=1) == targets).float().mean()
         return LossOutput(loss=loss, metrics={"loss": loss.detach(), "accuracy": accuracy})
+
+
+class SupervisedSection(ObjectiveSection):
+    """Config section of ``supervised``: cross-entropy with optional label smoothing."""
+
+    name: Literal["supervised"] = "supervised"
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    head_kind: ClassVar[HeadKind] = "classifier"
+
+
+@OBJECTIVES.register("supervised", SupervisedSection)
+def build_supervised(section: SupervisedSection) -> SupervisedObjective:
+    """The ``supervised`` objective of a config section."""
+    return SupervisedObjective(label_smoothing=section.label_smoothing)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from cslrobust.attacks import AttackTarget, default_step_size, frozen_eval, pgd
-from cslrobust.augment import build_augment
+from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.config import RunConfig, section_identity
 from cslrobust.distributed import on_main
 from cslrobust.geometry import (
@@ -77,7 +77,7 @@ def run_analyze(
     with torch.no_grad():
         logits = head(features)
     # Two augmented views of every test image for alignment (the same SimCLR views as in training).
-    views = build_augment("simclr").to(dev)
+    views = build_augment(SimCLRAugmentSection()).to(dev)
     with rng_scope(make_generator(cfg.seed, "analyze_views").initial_seed(), dev):
         x01 = images.to(dev).float().div(255)
         pair = views(x01, 2)

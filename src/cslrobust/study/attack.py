@@ -136,6 +136,6 @@ register_stage(
         ),
         needs=("probe",),
         key_inputs=lambda cfg: {"attack": section_identity(cfg, "attack")},
-        sections=("robustness",),
+        sections=("attacks",),
     )
 )

@@ -47,7 +47,7 @@ register_stage(
         run=epoch_rows,
         needs=("probe",),
         key_inputs=lambda cfg: {"attack": section_identity(cfg, "attack"), "all_epochs": True},
-        sections=("matched",),
+        sections=("attacks",),
         also_when=_supervised_reference,
     )
 )

@@ -357,6 +357,6 @@ register_stage(
         ),
         needs=("probe",),
         key_inputs=lambda cfg: {"evaluation": section_identity(cfg, "evaluation")},
-        sections=("evaluation", "corruptions", "gates"),
+        sections=("evaluation", "corruptions"),
     )
 )

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -155,14 +155,14 @@ def _settings(run_dir: Path, config: RunConfig | None) -> RunConfig:
     return config.model_copy(update={"output_dir": saved.output_dir, "name": saved.name})
 
 
-def head_kind_of(cfg: RunConfig, checkpoint: Checkpoint) -> HeadKind:
-    """The head kind the run was trained with, from the checkpoint's metadata."""
-    meta = read_metadata(checkpoint.model_file)
-    if "head_kind" in meta:
-        return meta["head_kind"]  # type: ignore[return-value]
-    from cslrobust.study.train import build_run_objective  # checkpoints written before head_kind
+def head_kind_of(cfg: RunConfig, metadata: dict[str, str]) -> HeadKind:
+    """The trained head's kind: from the weights' header, else (older runs) the objective's section.
 
-    return build_run_objective(cfg).head_kind
+    A recorded value that is no head kind is reported by ``build_encoder``.
+    """
+    if "head_kind" in metadata:
+        return cast(HeadKind, metadata["head_kind"])
+    return cfg.objective.head_kind
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,15 @@ def load_run(
     if checkpoint is None:
         raise CheckpointError(f"run folder {str(run_dir)!r} has no checkpoint; run 'train' first")
     splits = load_data(cfg)
-    head_kind = head_kind_of(cfg, checkpoint)
+    metadata = read_metadata(checkpoint.model_file)
+    head_kind = head_kind_of(cfg, metadata)
     encoder = build_run_encoder(cfg, splits, head_kind)
+    recorded_dim = metadata.get("feature_dim")  # absent in checkpoints of older runs
+    if recorded_dim is not None and recorded_dim != str(encoder.feature_dim):
+        raise CheckpointError(
+            f"checkpoint {str(checkpoint.model_file)!r} has feature_dim={recorded_dim}, "
+            f"the config builds {encoder.feature_dim}; expected the run's own config"
+        )
     load_weights(encoder, checkpoint.model_file)
     encoder.eval()
     return LoadedRun(cfg, encoder, checkpoint, splits, head_kind)

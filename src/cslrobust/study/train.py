@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import time
 from typing import Any
 
-from cslrobust.augment import AugmentParams, build_augment
+from cslrobust.augment import build_augment
 from cslrobust.config import RunConfig, load_saved_config, save_config
 from cslrobust.distributed import barrier, context, is_main, on_main
 from cslrobust.errors import ConfigError
-from cslrobust.objectives import OBJECTIVES, Objective, build_objective
+from cslrobust.models import Encoder
+from cslrobust.objectives import Objective, build_objective
 from cslrobust.provenance import provenance
 from cslrobust.study.run_folder import (
     CHECKPOINT_DIR,
@@ -35,22 +35,17 @@ from cslrobust.training import (
 )
 
 
-def build_run_objective(cfg: RunConfig) -> Objective:
-    """The objective of a run: each objective receives the config fields its constructor names."""
-    obj = cfg.objective
-    accepted = inspect.signature(OBJECTIVES.get(obj.name)).parameters
-    values = obj.model_dump()
-    params: dict[str, Any] = {
-        k: values[k] for k in ("temperature", "label_smoothing", "tau_plus") if k in accepted
+def model_metadata(objective: Objective, encoder: Encoder) -> dict[str, str]:
+    """What loading the trained encoder needs, for the weights' header: head kind and dimensions.
+
+    ``load_run`` reads it instead of building the objective; ``n_views`` (views per sample in
+    training) is recorded for readers of the run.
+    """
+    return {
+        "head_kind": objective.head_kind,
+        "feature_dim": str(encoder.feature_dim),
+        "n_views": str(objective.n_views),
     }
-    if "detector" in accepted:
-        params.update(
-            detector=obj.fn.detector,
-            detector_params=obj.fn.detector_params(),
-            mode=obj.fn.mode,
-            warmup_epochs=obj.fn.warmup_epochs,
-        )
-    return build_objective(obj.name, **params)
 
 
 def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -81,11 +76,9 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
 
     tic = time.perf_counter()
     splits = load_data(cfg)
-    objective = build_run_objective(cfg)
+    objective = build_objective(cfg.objective)
     encoder = init_run_encoder(cfg, splits, objective.head_kind)
-    # AugmentConfig mirrors AugmentParams field for field (plus the preset name).
-    params = AugmentParams(**cfg.augment.model_dump(exclude={"kind"}))
-    make_views = build_augment(cfg.augment.kind, params).to(cfg.device)
+    make_views = build_augment(cfg.augment).to(cfg.device)
     tr = cfg.train
     optimizer = build_sgd(
         encoder,
@@ -119,13 +112,10 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         compile=tr.compile,
         sync_batchnorm=tr.sync_batchnorm,
     )
-    # What loading the run needs besides the config: the head it was trained with.
     metadata = {
         "config": json.dumps(cfg.model_dump(mode="json")),
         "run_id": cfg.run_id(),
-        "head_kind": objective.head_kind,
-        "views_per_sample": str(objective.n_views),
-        "feature_dim": str(encoder.feature_dim),
+        **model_metadata(objective, encoder),
     }
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(MetricLog(run_dir, tensorboard=tr.tensorboard)) if main else None
@@ -176,6 +166,6 @@ register_stage(
         order=10,
         run=lambda cfg, progress: train_rows(run_train(cfg, resume=True, progress=progress)),
         digest=lambda cfg: cfg.run_id(),
-        sections=("training",),
+        sections=("detector",),
     )
 )

@@ -1,4 +1,4 @@
-"""The report's false-negative detector table: last epoch, and means over the active epochs only."""
+"""The report's mechanism tables: the false-negative detector table (last epoch, active-epoch means)."""
 
 from cslrobust.study.report import StudyResults, detector_table
 

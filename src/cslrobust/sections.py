@@ -1,0 +1,105 @@
+"""Typed config sections of registered components, and how their validation errors read.
+
+Every registered component (an objective, a false-negative detector, a view augmentation) declares
+its parameters as a frozen pydantic :class:`Section` subclass and registers it beside its builder
+(:class:`~cslrobust.registry.ComponentRegistry`). A config sub-mapping is validated against the
+section of the name it selects (``objective.name``, ``objective.fn.detector``, ``augment.kind``), so
+a key the chosen component does not take is an error naming the component.
+
+This module imports nothing from cslrobust: the config and every component package build on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+__all__ = [
+    "AugmentSection",
+    "HeadKind",
+    "ObjectiveSection",
+    "Section",
+    "describe_errors",
+    "section_errors",
+]
+
+HeadKind = Literal["projector", "classifier"]
+"""The head an objective trains on: an MLP projector (contrastive) or a linear classifier."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ObjectiveSection(Section):
+    """Base of the ``objective`` sections; ``name`` is the objective's registry key.
+
+    Attributes:
+        name: Registry key of the objective (each subclass fixes it).
+        head_kind: The head the objective trains on, known without building the objective (loading
+            a trained encoder needs it).
+    """
+
+    name: str
+    head_kind: ClassVar[HeadKind]
+
+
+class AugmentSection(Section):
+    """Base of the ``augment`` sections; ``kind`` is the view preset's registry key."""
+
+    kind: str
+
+
+def section_errors(title: str, errors: Sequence[tuple[str, object, str, str]]) -> ValidationError:
+    """A pydantic ``ValidationError`` with one line error per ``(key, value, type, message)``.
+
+    Raised inside a field validator, its errors keep their keys below the field's location, so the
+    config error names the full key (``objective.fn.k``).
+
+    Args:
+        title: The model being validated (pydantic's error title).
+        errors: ``(key, its value, error type, message)`` per error.
+
+    Returns:
+        The error, to be raised.
+    """
+    details: list[InitErrorDetails] = [
+        {
+            # Without a context pydantic leaves the (already formatted) message as it is.
+            "type": PydanticCustomError(kind, message),
+            "loc": (key,),
+            "input": value,
+        }
+        for key, value, kind, message in errors
+    ]
+    return ValidationError.from_exception_data(title, details)
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line naming every offending key, its value and what was expected.
+
+    Args:
+        error: A validation error of a section or of a whole config.
+
+    Returns:
+        The errors joined by ``"; "``, e.g. ``"objective.fn.k is not a parameter of detector
+        'oracle'; train.lr=-1: Input should be greater than 0"``.
+    """
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key {key!r}")
+        elif item["type"] == "not_a_parameter":
+            parts.append(f"{key} {message}")
+        elif "input" in item and item["type"] != "missing":
+            parts.append(f"{key}={item['input']!r}: {message}")
+        else:
+            parts.append(f"{key}: {message}")
+    return "; ".join(parts)
