@@ -50,10 +50,36 @@ def report_store(tmp_path: Path):
             store.commit_stage(cell_id, "attack:k", attack, "sha")
             cells.append(
                 SimpleNamespace(
-                    config=SimpleNamespace(name=f"{method}-s{seed}"),
+                    config=SimpleNamespace(
+                        name=f"{method}-s{seed}", objective=SimpleNamespace(name=method)
+                    ),
                     cell_id=cell_id,
                     method=method,
                     stages={"probe": "probe:k", "attack": "attack:k"},
                 )
             )
     return db, cells
+
+
+def robust_row(
+    method: str, seed: int, n_correct: int, n_images: int, *, eps: float = 2 / 255
+) -> dict:
+    """A PGD L-inf robust-accuracy row whose first ``n_correct`` of ``n_images`` images are correct."""
+    correct = np.arange(n_images) < n_correct
+    return {
+        "method": method,
+        "seed": seed,
+        "metric": "robust_accuracy",
+        "attack": "pgd",
+        "norm": "linf",
+        "eps": eps,
+        "value": float(correct.mean()),
+        "n": n_images,
+        "correct_bits": pack_bits(correct),
+    }
+
+
+@pytest.fixture
+def make_robust_row():
+    """:func:`robust_row`, for tests (conftest modules are not importable by name)."""
+    return robust_row

@@ -4,10 +4,12 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cslrobust.errors import ConfigError
 from cslrobust.registry import Registry
+from cslrobust.statistics import INTERVAL_METHODS, hierarchical_bootstrap
 from cslrobust.study.report import (
     ReportContext,
     SectionOutput,
@@ -20,7 +22,16 @@ from cslrobust.study.report import (
 from cslrobust.study.report import sections as sections_module
 from cslrobust.study.store import ResultsStore
 
-BUILT_IN = ["clean", "attacks", "evaluation", "corruptions", "detector", "geometry"]
+BUILT_IN = [
+    "findings",
+    "clean",
+    "attacks",
+    "evaluation",
+    "corruptions",
+    "detector",
+    "geometry",
+    "gates",
+]
 
 
 @pytest.fixture
@@ -59,10 +70,15 @@ def test_a_registered_section_is_rendered_in_its_order(report_store, tmp_path, i
 
     folder = tmp_path / "report"
     summary, report = _write(db, cells, folder, supervised="supervised", contrastive="simclr")
-    assert seen == [(["supervised", "simclr"], ReportContext(folder, "supervised", "simclr"))]
+    objectives = {"supervised": "supervised", "simclr": "simclr"}
+    context = ReportContext(
+        folder, "supervised", "simclr", frozenset({"probe", "attack"}), objectives
+    )
+    assert seen == [(["supervised", "simclr"], context)]
     md = report.read_text()
     titles = [line for line in md.splitlines() if line.startswith("### ")]
-    assert titles[:3] == [
+    assert titles[:4] == [
+        "### Findings",
         "### Clean accuracy (%)",
         "### Seeds per method",
         "### PGD robust accuracy (%) [95% CI]",
@@ -102,9 +118,12 @@ def test_robust_table_and_plot_from_the_attacks_section(report_store, tmp_path):
     md = report.read_text()
     # Section order is the registry's, not the order asked for.
     assert md.index("### Clean accuracy") < md.index("### PGD robust accuracy")
-    # Oracle: RA at 2/255 of 0.5 and 0.7 -> 60.0 +- 12.7062 x 0.1.
+    # RA at 2/255 of 0.5 and 0.7: mean 60.0; the interval is the hierarchical bootstrap over the two
+    # seeds and the 10 images (images 0-4 correct in both seeds, 5-6 in seed 1 only).
     line = next(x for x in md.splitlines() if x.startswith("| supervised | 80.0 |"))
-    assert line.split(" | ")[-1] == "60.0 [-67.1, 187.1] |"
+    matrix = np.stack([np.arange(10) < 5, np.arange(10) < 7])
+    assert line.split(" | ")[-1] == hierarchical_bootstrap(matrix).format() + " |"
+    assert "Intervals (95%): " + INTERVAL_METHODS["hierarchical"] in md
     assert "### Robustness gap and gap closed (PGD)" in md
     assert (folder / "robust_accuracy.png").is_file()
     assert not (folder / "gap_closure.png").exists()  # no third method whose closure could be drawn

@@ -3,17 +3,27 @@
 Writes into the report folder: ``report.md``, a self-contained ``report.html`` (plots embedded),
 ``results.csv`` and ``results.json`` (every row), and PNG plots. The report is a list of registered
 sections (:mod:`~cslrobust.study.report.sections`); importing this package registers the built-in ones
-(clean, attacks, evaluation, corruptions, detector, geometry).
+(findings, clean, attacks, evaluation, corruptions, detector, geometry, gates).
 """
 
+from cslrobust.study.report.findings import CLAIMS, Finding, assess_claims, register_claim
 from cslrobust.study.report.mechanism import detector_table, geometry_table, geometry_vs_robustness
-from cslrobust.study.report.results import StudyResults, Table, accuracy_estimate, current_rows
+from cslrobust.study.report.results import (
+    Note,
+    StudyResults,
+    Table,
+    accuracy_estimate,
+    current_rows,
+    interval_caption,
+)
 from cslrobust.study.report.robustness import (
+    budget_gaps,
     clean_table,
     corruption_table,
     evaluation_table,
     gap_table,
     gate_failures,
+    gates_table,
     matched_table,
     robust_table,
     success_table,
@@ -29,23 +39,31 @@ from cslrobust.study.report.sections import (
 from cslrobust.study.report.writer import write_report
 
 __all__ = [
+    "CLAIMS",
     "Block",
+    "Finding",
+    "Note",
     "ReportContext",
     "Section",
     "SectionOutput",
     "StudyResults",
     "Table",
     "accuracy_estimate",
+    "budget_gaps",
     "clean_table",
     "corruption_table",
     "current_rows",
     "detector_table",
     "evaluation_table",
+    "assess_claims",
     "gap_table",
     "gate_failures",
+    "gates_table",
     "geometry_table",
     "geometry_vs_robustness",
+    "interval_caption",
     "matched_table",
+    "register_claim",
     "register_section",
     "robust_table",
     "select_sections",

@@ -23,41 +23,67 @@ GEOMETRY_COLUMNS = (
     ("centroid_margin_median", "centroid margin (median)"),
     ("logit_margin_median", "logit margin (median)"),
 )
+"""``(metric key under geometry/, column label)`` of the fixed geometry columns."""
+
+SENSITIVITY_PREFIX = "sensitivity_"
+SENSITIVITY_SUMMARY = "median"
+
+
+def sensitivity_columns(res: StudyResults) -> list[tuple[str, str]]:
+    """``(metric key, label)`` of every stored sensitivity measure, scale-free measures first.
+
+    Keys are ``sensitivity_<measure>_<eps255>/median``; measures come from
+    :data:`~cslrobust.geometry.SENSITIVITY_MEASURES`, and those that are not scale-free are labelled
+    ``(raw, scale-dependent)``. Within each group, measures in registry order, then increasing eps.
+    """
+    from cslrobust.geometry import SENSITIVITY_MEASURES
+
+    found: list[tuple[bool, str, float, str, str]] = []
+    suffix = f"/{SENSITIVITY_SUMMARY}"
+    for metric in {r["metric"] for r in res.rows}:
+        key = metric.removeprefix("geometry/")
+        if not (metric.startswith(f"geometry/{SENSITIVITY_PREFIX}") and key.endswith(suffix)):
+            continue
+        measure, _, eps = key.removeprefix(SENSITIVITY_PREFIX).removesuffix(suffix).rpartition("_")
+        if measure not in SENSITIVITY_MEASURES:
+            continue
+        scale_free = SENSITIVITY_MEASURES.get(measure).scale_free
+        label = f"{measure} sens. {eps}/255" + ("" if scale_free else " (raw, scale-dependent)")
+        found.append((not scale_free, measure, float(eps), key, label))
+    return [(key, label) for *_, key, label in sorted(found)]
+
+
+def geometry_columns(res: StudyResults) -> list[tuple[str, str]]:
+    """The geometry table's columns: :data:`GEOMETRY_COLUMNS` then :func:`sensitivity_columns`."""
+    return [*GEOMETRY_COLUMNS, *sensitivity_columns(res)]
 
 
 def geometry_table(res: StudyResults) -> Table | None:
     """Geometry metrics of backbone features per method (means over seeds), plus sensitivities."""
+    from cslrobust.geometry import SENSITIVITY_MEASURES
+
     if not any(r["metric"].startswith("geometry/") for r in res.rows):
         return None
-    sens = sorted(
-        {
-            r["metric"]
-            for r in res.rows
-            if r["metric"].startswith("geometry/sensitivity_") and r["metric"].endswith("/median")
-        }
-    )
-    header = (
-        ["method"]
-        + [label for _, label in GEOMETRY_COLUMNS]
-        + [m.removeprefix("geometry/sensitivity_").removesuffix("/median") + " sens." for m in sens]
-    )
+    columns = geometry_columns(res)
     rows = []
     for method in res.methods:
         line = [method]
-        for key, _ in GEOMETRY_COLUMNS:
+        for key, _ in columns:
             values = res.values(method, f"geometry/{key}")
             line.append("n/a" if not values else f"{float(np.mean(values)):.3f}")
-        for metric in sens:
-            values = res.values(method, metric)
-            line.append("n/a" if not values else f"{float(np.mean(values)):.3f}")
         rows.append(line)
+    measures = "; ".join(
+        f"{name}: {SENSITIVITY_MEASURES.get(name).description}"
+        for name in SENSITIVITY_MEASURES.names()
+    )
     return Table(
         "Representation geometry (backbone features, test set)",
-        header,
+        ["method"] + [label for _, label in columns],
         rows,
         "Uniformity and alignment: Wang & Isola 2020 (lower uniformity = more uniform). Distances are cosine "
-        "distances; inter/intra > 1 means separated classes. Sensitivity: median ||f(x+d)-f(x)|| / ||d||_2 "
-        "for PGD (pgd_E) and random (random_E) L-inf perturbations of E/255.",
+        "distances; inter/intra > 1 means separated classes. Sensitivity (median over images, L-inf "
+        f"perturbations of E/255): {measures}. Raw-feature sensitivity depends on each method's feature "
+        "scale; compare methods on the scale-free columns. Means over seeds; no interval.",
     )
 
 
@@ -73,7 +99,7 @@ def geometry_vs_robustness(
     norm, eps = budgets[min(1, len(budgets) - 1)]
     cells = sorted({(r["method"], r["seed"]) for r in res.rows})
     rows, plots = [], []
-    for key, label in GEOMETRY_COLUMNS:
+    for key, label in geometry_columns(res):
         xs, ys, names = [], [], []
         for method, seed in cells:
             geo = [

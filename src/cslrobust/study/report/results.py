@@ -7,15 +7,17 @@ returns numbers or formatted text; nothing is written.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from cslrobust.statistics import Estimate, paired_bootstrap, t_interval
+from cslrobust.statistics import INTERVAL_METHODS, Estimate, hierarchical_bootstrap, t_interval
 from cslrobust.study.runner import Cell
 from cslrobust.study.store import ResultsStore, unpack_bits
+
+T = TypeVar("T")
 
 # Strongest attack family first: the first attack present is the report's main attack.
 ATTACK_ORDER = ("autoattack", "pgd", "fgsm")
@@ -45,6 +47,21 @@ def eps_label(norm: str, eps: float) -> str:
 def format_percent(values: Sequence[float]) -> str:
     """Mean of fractions as a percentage with one decimal, ``n/a`` when there are none."""
     return "n/a" if not values else f"{100 * float(np.mean(values)):.1f}"
+
+
+def interval_caption(methods: Iterable[str]) -> str:
+    """Caption sentence naming the interval methods used in a table (keys of ``INTERVAL_METHODS``).
+
+    Args:
+        methods: ``Estimate.method`` of every interval shown (repeats are fine).
+
+    Returns:
+        ``"Intervals (95%): <method>; <method>."``, or a sentence saying none is shown.
+    """
+    used = [m for m in dict.fromkeys(methods) if m != "none"]
+    if not used:
+        return "Intervals: none shown (means over seeds)."
+    return "Intervals (95%): " + "; ".join(INTERVAL_METHODS[m] for m in used) + "."
 
 
 @dataclass
@@ -84,6 +101,42 @@ class Table:
 
 
 @dataclass
+class Note:
+    """An optionally titled list of lines: paragraphs, or a bulleted list; a report block.
+
+    Args:
+        lines: The lines (markdown inline syntax is kept as is in markdown, escaped in HTML).
+        title: Heading (level 3); none when empty.
+        bullets: Render the lines as a list instead of paragraphs.
+    """
+
+    lines: list[str]
+    title: str = ""
+    bullets: bool = False
+
+    def markdown(self) -> str:
+        """GitHub markdown."""
+        head = [f"### {self.title}", ""] if self.title else []
+        if self.bullets:
+            return "\n".join(head + [f"- {line}" for line in self.lines])
+        return "\n".join(head) + ("\n" if head else "") + "\n\n".join(self.lines)
+
+    def html(self) -> str:
+        """HTML (``**bold**`` markers dropped, text escaped)."""
+        head = f"<h3>{html.escape(self.title)}</h3>" if self.title else ""
+        items = [html.escape(line.replace("**", "")) for line in self.lines]
+        if self.bullets:
+            return head + "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+        return head + "".join(f"<p>{i}</p>" for i in items)
+
+    def text(self) -> str:
+        """Plain text for the terminal."""
+        head = [self.title] if self.title else []
+        prefix = "- " if self.bullets else ""
+        return "\n".join(head + [prefix + line.replace("**", "") for line in self.lines])
+
+
+@dataclass
 class StudyResults:
     """Rows of a study indexed for reporting.
 
@@ -96,6 +149,19 @@ class StudyResults:
     rows: list[dict[str, Any]]
     methods: list[str]
     seeds: dict[str, list[int]] = field(default_factory=dict)
+    _memo: dict[tuple[Any, ...], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def memo(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """``compute()`` once per ``key`` (rows are not changed after construction).
+
+        Sections that need the same bootstrap (the gap table and the findings) share one result.
+        """
+        if key not in self._memo:
+            self._memo[key] = compute()
+        value: T = self._memo[key]
+        return value
 
     def values(self, method: str, metric: str, **cond: Any) -> list[float]:
         """Values of ``metric`` for ``method`` (one per seed) matching the conditions."""
@@ -109,6 +175,17 @@ class StudyResults:
                 if r["value"] is not None:
                     out.append(float(r["value"]))
         return out
+
+    def by_seed(self, method: str, metric: str, **cond: Any) -> dict[int, float]:
+        """Values of ``metric`` for ``method`` keyed by seed (the last row wins on repeats)."""
+        return {
+            int(r["seed"]): float(r["value"])
+            for r in self.rows
+            if r["method"] == method
+            and r["metric"] == metric
+            and r["value"] is not None
+            and all(r.get(k) == v for k, v in cond.items())
+        }
 
     def correct_matrix(self, method: str, **cond: Any) -> np.ndarray | None:
         """Per-seed per-image robust correctness (S, N) for bootstrap, or None if not stored."""
@@ -147,11 +224,17 @@ class StudyResults:
 
 
 def accuracy_estimate(res: StudyResults, method: str, **cond: Any) -> Estimate:
-    """Mean over seeds with a t-interval (>= 2 seeds) or an image bootstrap (1 seed)."""
-    values = res.values(method, "robust_accuracy", **cond)
-    if len(values) >= 2:
-        return t_interval(np.array(values))
-    matrix = res.correct_matrix(method, **cond)
-    if matrix is None:
-        return t_interval(np.array(values))
-    return paired_bootstrap({method: matrix}, lambda accs: accs[method])
+    """Robust accuracy of ``method`` over seeds and test images, with a 95% interval.
+
+    With per-image correctness stored: :func:`~cslrobust.statistics.hierarchical_bootstrap` over
+    seeds and images (method ``"hierarchical"`` with >= 2 seeds, ``"bootstrap"`` over images with
+    one). Without it: a t-interval across seeds (none with one seed).
+    """
+
+    def compute() -> Estimate:
+        matrix = res.correct_matrix(method, **cond)
+        if matrix is not None:
+            return hierarchical_bootstrap(matrix)
+        return t_interval(np.array(res.values(method, "robust_accuracy", **cond)))
+
+    return res.memo(("accuracy", method, *sorted(cond.items())), compute)

@@ -9,7 +9,7 @@ plus ``@register_section(name, order=...)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -38,11 +38,15 @@ class ReportContext:
         folder: Output folder; sections write their plots and exports here.
         supervised: Method name of the supervised reference.
         contrastive: Method name of the contrastive reference.
+        stages: Names of the stages that at least one cell of the study runs.
+        objectives: Per method, the name of its training objective (e.g. ``simclr_fnr``).
     """
 
     folder: Path
     supervised: str
     contrastive: str
+    stages: frozenset[str] = frozenset()
+    objectives: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

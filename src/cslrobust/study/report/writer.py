@@ -10,11 +10,12 @@ import base64
 import csv
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cslrobust.records import write_json_atomic
-from cslrobust.study.report.results import StudyResults, current_rows
+from cslrobust.study.report.results import Note, StudyResults, current_rows
 from cslrobust.study.report.robustness import gate_failures
 from cslrobust.study.report.sections import ReportContext, SectionOutput, select_sections
 from cslrobust.study.runner import Cell
@@ -54,55 +55,85 @@ def export_rows(rows: list[dict[str, Any]], folder: Path) -> None:
     write_json_atomic(folder / "results.json", slim)
 
 
-def _intro(
-    title: str,
-    cells: Sequence[Cell],
-    res: StudyResults,
-    ctx: ReportContext,
-    wall_seconds: float | None,
-    failures: list[str],
-) -> list[str]:
-    """Markdown lines above the sections: title, cells, wall time, missing cells, sanity gates."""
+GATES_NOT_RUN = "gates not run: the robust accuracies below carry no sanity check"
+"""First line of a report whose study runs no ``gates`` stage."""
+
+ABOUT_ORDER = 5
+"""The study description is placed before the first section of at least this order (after findings)."""
+
+
+@dataclass(frozen=True)
+class IntroLine:
+    """A line above the sections; ``warn`` lines are bold in markdown and red in HTML."""
+
+    text: str
+    warn: bool = False
+
+
+def _gate_lines(cells: Sequence[Cell], res: StudyResults, failures: list[str]) -> list[IntroLine]:
+    """The gate status: not run (first), failures, cells without gate results yet, or all passed.
+
+    Failures of gates recorded by other stages (the evaluate stage) are listed even when the gates
+    stage does not run.
+    """
+    ran = any("gates" in c.stages for c in cells)
+    lines = [] if ran else [IntroLine(GATES_NOT_RUN, warn=True)]
+    if failures:
+        lines.append(
+            IntroLine(
+                f"WARNING: {len(failures)} sanity gate(s) failed; numbers of these cells are suspect:",
+                warn=True,
+            )
+        )
+        lines += [IntroLine(f"- GATE FAILED: {line}", warn=True) for line in failures]
+    if not ran:
+        return lines
+    gated = {r["cell_id"] for r in res.rows if r["metric"].startswith("gate/")}
+    pending = [c.config.name for c in cells if "gates" in c.stages and c.cell_id not in gated]
+    if pending:
+        lines.append(IntroLine(f"gates have no results yet for {', '.join(pending)}", warn=True))
+    if not failures and not pending:
+        lines.append(IntroLine("All sanity gates passed."))
+    return lines
+
+
+def _about(
+    cells: Sequence[Cell], res: StudyResults, ctx: ReportContext, wall_seconds: float | None
+) -> Note:
+    """The study description: cells, references, wall time, missing cells."""
     missing = [c.config.name for c in cells if not any(r["cell_id"] == c.cell_id for r in res.rows)]
-    intro = [
-        f"# {title}",
-        "",
+    lines = [
         f"{len(cells)} cells ({len(res.methods)} methods); references: supervised = "
         f"`{ctx.supervised}`, contrastive = `{ctx.contrastive}`. All numbers come from the results "
-        "database; every row is in `results.csv` / `results.json`.",
+        "database; every row is in `results.csv` / `results.json`."
     ]
     if wall_seconds is not None:
-        intro += ["", f"Wall time of the last `study run`: {wall_seconds / 60:.1f} min."]
+        lines.append(f"Wall time of the last `study run`: {wall_seconds / 60:.1f} min.")
     if missing:
-        intro += ["", f"**Incomplete: no results yet for {', '.join(missing)}.**"]
-    if failures:
-        intro += [
-            "",
-            f"**WARNING: {len(failures)} sanity gate(s) failed; numbers of these cells are suspect:**",
-        ]
-        intro += [f"- GATE FAILED: {line}" for line in failures]
-    elif any(r["metric"].startswith("gate/") for r in res.rows):
-        intro += ["", "All sanity gates passed."]
-    return intro
+        lines.append(f"**Incomplete: no results yet for {', '.join(missing)}.**")
+    return Note(lines)
 
 
-def _markdown(intro: list[str], out: SectionOutput) -> str:
-    """report.md: intro, blocks, plots (images), exports (links)."""
-    md = "\n".join(intro) + "\n\n" + "\n\n".join(b.markdown() for b in out.blocks)
+def _markdown(title: str, intro: list[IntroLine], out: SectionOutput) -> str:
+    """report.md: title, gate status, blocks, plots (images), exports (links)."""
+    head = [f"# {title}"]
+    for line in intro:
+        bold = line.warn and not line.text.startswith("- ")
+        head.append(f"**{line.text}**" if bold else line.text)
+    md = "\n\n".join(head) + "\n\n" + "\n\n".join(b.markdown() for b in out.blocks)
     md += "\n\n" + "\n\n".join(f"![{name}]({p.name})" for name, p in out.plots) + "\n"
     if out.exports:
         md += "\n" + "\n".join(f"- [{name}]({p.name})" for name, p in out.exports) + "\n"
     return md
 
 
-def _html(title: str, intro: list[str], out: SectionOutput) -> str:
+def _html(title: str, intro: list[IntroLine], out: SectionOutput) -> str:
     """report.html: one self-contained page (plots embedded as base64 PNG)."""
     paragraphs = "".join(
-        f"<p class='warn'>{html.escape(line)}</p>"
-        if ("GATE" in line or "WARNING" in line)
-        else f"<p>{html.escape(line)}</p>"
-        for line in intro[2:]
-        if line
+        f"<p class='warn'>{html.escape(line.text)}</p>"
+        if line.warn
+        else f"<p>{html.escape(line.text)}</p>"
+        for line in intro
     )
     figures = "".join(
         f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='data:image/png;base64,"
@@ -115,7 +146,7 @@ def _html(title: str, intro: list[str], out: SectionOutput) -> str:
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>"
         + html.escape(title)
-        + f"</title><style>{STYLE}</style></head><body>"
+        + f"</title><style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
         + paragraphs
         + "".join(b.html() for b in out.blocks)
         + figures
@@ -148,9 +179,13 @@ def write_report(
         sections: Registered section names to render (report order is the sections' own);
             None renders every registered section.
 
+    The report opens with the gate status (``gates not run`` when no cell runs the gates stage;
+    failed gates first), then the sections in order (findings first), with the study description
+    before the first section of order >= :data:`ABOUT_ORDER`.
+
     Returns:
-        The terminal summary (failed gates, then the sections' summary texts) and the path of
-        ``report.md``.
+        The terminal summary (gates not run / failed gates, then the sections' summary texts) and
+        the path of ``report.md``.
 
     Raises:
         ConfigError: If a name in ``sections`` is not a registered section.
@@ -159,24 +194,38 @@ def write_report(
     folder.mkdir(parents=True, exist_ok=True)
     rows = current_rows(store, cells)
     res = StudyResults(rows, list(dict.fromkeys(c.method for c in cells)))
-    ctx = ReportContext(folder=folder, supervised=supervised, contrastive=contrastive)
+    ctx = ReportContext(
+        folder=folder,
+        supervised=supervised,
+        contrastive=contrastive,
+        stages=frozenset(name for c in cells for name in c.stages),
+        objectives={c.method: c.config.objective.name for c in cells},
+    )
     export_rows(rows, folder)
 
+    about: Note | None = _about(cells, res, ctx, wall_seconds)
     out = SectionOutput()
     for section in chosen:
+        if about is not None and section.order >= ABOUT_ORDER:
+            out.blocks.append(about)
+            about = None
         part = section.render(res, ctx)
         out.blocks += part.blocks
         out.plots += part.plots
         out.exports += part.exports
         out.summary += part.summary
+    if about is not None:
+        out.blocks.append(about)
 
     failures = gate_failures(res)
-    intro = _intro(title, cells, res, ctx, wall_seconds, failures)
+    intro = _gate_lines(cells, res, failures)
     report = folder / "report.md"
-    report.write_text(_markdown(intro, out))
+    report.write_text(_markdown(title, intro, out))
     (folder / "report.html").write_text(_html(title, intro, out))
 
     summary = list(out.summary)
     if failures:
         summary.insert(0, "\n".join(["!!! SANITY GATES FAILED:"] + failures))
+    if "gates" not in ctx.stages:
+        summary.insert(0, f"!!! {GATES_NOT_RUN}")
     return "\n\n".join(summary), report
