@@ -17,10 +17,10 @@ import argparse
 import time
 from pathlib import Path
 
-from cslrobust.attacks import robust_accuracy
+from cslrobust.attacks import AccuracyRow, robust_accuracy
 from cslrobust.attacks.pgd import default_step_size
 from cslrobust.config import format_linf_radius
-from cslrobust.study.gates import AttackPoint, attack_gates, gate_images
+from cslrobust.study.gates import attack_gates, gate_images
 from cslrobust.study.run_folder import PROBE_WEIGHTS, load_probed_run
 from cslrobust.study.runner import study_cells
 from cslrobust.study.spec import load_study
@@ -66,7 +66,7 @@ def main() -> None:
                     batch_size=cfg.attack.batch_size,
                 )
                 points.append(
-                    AttackPoint("pgd", "linf", eps, res.clean_accuracy, res.robust_accuracy, res.n)
+                    AccuracyRow("pgd", "linf", eps, res.clean_accuracy, res.robust_accuracy, res.n)
                 )
             gates = attack_gates(run, points, images, labels)
             large = next(g for g in gates if g.name.startswith("large_eps"))

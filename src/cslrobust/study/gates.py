@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from cslrobust.attacks import (
+    AccuracyRow,
     ConvergenceSettings,
     GateAttack,
     GateResult,
@@ -39,20 +40,8 @@ from cslrobust.study.run_folder import (
 from cslrobust.study.stages import Rows, Stage, register_stage
 
 
-@dataclass(frozen=True)
-class AttackPoint:
-    """One attack-stage row as the result gates read it."""
-
-    attack: str
-    norm: str
-    eps: float
-    clean_accuracy: float
-    robust_accuracy: float
-    n: int
-
-
 def attack_gates(
-    run: ProbedRun, points: Sequence[AttackPoint], images: Tensor, labels: Tensor
+    run: ProbedRun, points: Sequence[AccuracyRow], images: Tensor, labels: Tensor
 ) -> list[GateResult]:
     """Every gate for the attack settings of ``run.config.attack`` on ``images`` ([0,1]) and ``labels``.
 
@@ -120,7 +109,7 @@ def run_gates_stage(
         raise CheckpointError(f"run folder {str(run_dir)!r} has no attack.json; run 'attack' first")
     record = read_json_record(attack_path, what="attack record")
     points = [
-        AttackPoint(
+        AccuracyRow(
             r["attack"], r["norm"], r["eps"], r["clean_accuracy"], r["robust_accuracy"], r["n"]
         )
         for r in record["results"]
