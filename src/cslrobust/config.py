@@ -404,6 +404,10 @@ class RunConfig(Section):
             for k, v in identity["train"].items()
             if k != "compile" and _LATER_TRAIN_DEFAULTS.get(k, _MISSING) != v
         }
+        later = type(self.objective).later_defaults
+        identity["objective"] = {
+            k: v for k, v in identity["objective"].items() if later.get(k, _MISSING) != v
+        }
         return canonical_hash(identity)
 
 

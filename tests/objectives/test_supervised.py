@@ -37,3 +37,30 @@ def test_supervised_rejects_bad_config_and_shapes() -> None:
         SupervisedObjective()(
             torch.randn(2, 4, 3), torch.arange(4), torch.zeros(4, dtype=torch.long)
         )
+
+
+def test_views_option_builds_a_two_view_objective_and_keeps_old_run_ids():
+    from cslrobust.config import build_run_config
+    from cslrobust.objectives import build_objective
+
+    one = build_run_config({"objective": {"name": "supervised"}})
+    explicit = build_run_config({"objective": {"name": "supervised", "views": 1}})
+    two = build_run_config({"objective": {"name": "supervised", "views": 2}})
+    assert build_objective(one.objective).n_views == 1
+    assert build_objective(two.objective).n_views == 2
+    # the key added later counts in the run id only when changed from its default
+    assert explicit.run_id() == one.run_id() != two.run_id()
+
+
+def test_two_view_loss_is_cross_entropy_over_both_views():
+    from cslrobust.objectives.supervised import SupervisedObjective
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 3, generator=g)
+    labels = torch.tensor([0, 1, 2, 1, 0])
+    out = SupervisedObjective(n_views=2)(logits, torch.arange(5), labels)
+    expected = (
+        torch.nn.functional.cross_entropy(logits[0], labels)
+        + torch.nn.functional.cross_entropy(logits[1], labels)
+    ) / 2
+    torch.testing.assert_close(out.loss, expected)

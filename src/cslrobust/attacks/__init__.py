@@ -16,6 +16,7 @@ from cslrobust.attacks.checks import ThreatModelViolation, check_logits, check_p
 from cslrobust.attacks.evaluate import AttackResult, clean_accuracy, robust_accuracy
 from cslrobust.attacks.fgsm import fgsm
 from cslrobust.attacks.gates import (
+    AccuracyRow,
     ConvergenceSettings,
     GateAttack,
     GateResult,
@@ -46,6 +47,7 @@ from cslrobust.attacks.threat_model import NORMS, Norm
 
 __all__ = [
     "ATTACKS",
+    "AccuracyRow",
     "AUTOATTACK_ATTACKS",
     "DEFAULT_L2_EPS",
     "DEFAULT_LINF_EPS",

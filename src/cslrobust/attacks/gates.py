@@ -759,8 +759,8 @@ def check_pgd_convergence(
 
 
 @dataclass(frozen=True)
-class _Row:
-    """An :class:`AccuracyPoint` built from an :class:`AutoAttackResult`."""
+class AccuracyRow:
+    """A plain :class:`AccuracyPoint` (e.g. a stored attack row, or an AutoAttack result)."""
 
     attack: str
     norm: str
@@ -770,8 +770,8 @@ class _Row:
     n: int
 
 
-def _autoattack_row(result: AutoAttackResult) -> _Row:
-    return _Row(
+def _autoattack_row(result: AutoAttackResult) -> AccuracyRow:
+    return AccuracyRow(
         "autoattack",
         result.norm,
         result.eps,

@@ -77,10 +77,17 @@ class SupervisedSection(ObjectiveSection):
 
     name: Literal["supervised"] = "supervised"
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    views: int = Field(
+        default=1,
+        ge=1,
+        le=8,
+        description="augmented views per image per step (2 matches SimCLR's views per image)",
+    )
     head_kind: ClassVar[HeadKind] = "classifier"
+    later_defaults: ClassVar[dict[str, object]] = {"views": 1}
 
 
 @OBJECTIVES.register("supervised", SupervisedSection)
 def build_supervised(section: SupervisedSection) -> SupervisedObjective:
     """The ``supervised`` objective of a config section."""
-    return SupervisedObjective(label_smoothing=section.label_smoothing)
+    return SupervisedObjective(label_smoothing=section.label_smoothing, n_views=section.views)

@@ -9,13 +9,18 @@ L-inf eps). Writes ``gates.json``; rows ``gate/<name>`` (1 pass, 0 fail) carry e
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from cslrobust.attacks import (
+    AccuracyRow,
     ConvergenceSettings,
     GateAttack,
+    GateResult,
     GateThresholds,
     format_gates,
     run_gates,
@@ -27,6 +32,7 @@ from cslrobust.records import read_json_record
 from cslrobust.study.run_folder import (
     ATTACK_FILE,
     GATES_FILE,
+    ProbedRun,
     load_probed_run,
     publish,
     test_subset,
@@ -34,16 +40,56 @@ from cslrobust.study.run_folder import (
 from cslrobust.study.stages import Rows, Stage, register_stage
 
 
-@dataclass(frozen=True)
-class _Point:
-    """One attack-stage row as the result gates read it."""
+def attack_gates(
+    run: ProbedRun, points: Sequence[AccuracyRow], images: Tensor, labels: Tensor
+) -> list[GateResult]:
+    """Every gate for the attack settings of ``run.config.attack`` on ``images`` ([0,1]) and ``labels``.
 
-    attack: str
-    norm: str
-    eps: float
-    clean_accuracy: float
-    robust_accuracy: float
-    n: int
+    ``points`` are the attack stage's results (for the result gates); the model gates re-run the
+    configured attacks (whole path at eps = 0, ``gates.large_eps_linf``, PGD convergence at the
+    largest L-inf eps).
+    """
+    cfg, att, gates = run.config, run.config.attack, run.config.gates
+    attacks = [
+        GateAttack(
+            attack=name,
+            norm="linf",
+            steps=1 if name == "fgsm" else att.steps,
+            relative_step_size=att.step_size,
+            restarts=att.restarts if name != "fgsm" else 1,
+        )
+        for name in att.attacks
+    ]
+    largest = max(att.eps_linf, default=0.0)
+    convergence = (
+        [
+            ConvergenceSettings(
+                eps=largest, norm="linf", steps=att.steps, restarts=gates.convergence_restarts
+            )
+        ]
+        if "pgd" in att.attacks and largest > 0
+        else []
+    )
+    return run_gates(
+        points,
+        target=run.model,
+        images=images,
+        labels=labels,
+        convergence=convergence,
+        gate_attacks=attacks,
+        thresholds=GateThresholds(large_eps=gates.large_eps_linf),
+        seed=cfg.seed,
+        batch_size=gates.batch_size,
+        device=cfg.device,
+    )
+
+
+def gate_images(run: ProbedRun) -> tuple[Tensor, Tensor]:
+    """The first ``gates.n_images`` of the attack stage's fixed test subset, as [0,1] floats."""
+    gates = run.config.gates
+    _, images, labels = test_subset(run.splits, run.config.attack.n_images)
+    n = len(images) if gates.n_images is None else min(gates.n_images, len(images))
+    return images[:n].float().div_(255), labels[:n]
 
 
 def run_gates_stage(
@@ -57,60 +103,27 @@ def run_gates_stage(
     del progress
     tic = time.perf_counter()
     run = load_probed_run(run_dir, config=config)
-    cfg, model, att, gates = run.config, run.model, run.config.attack, run.config.gates
+    cfg = run.config
     attack_path = run_dir / ATTACK_FILE
     if not attack_path.is_file():
         raise CheckpointError(f"run folder {str(run_dir)!r} has no attack.json; run 'attack' first")
     record = read_json_record(attack_path, what="attack record")
     points = [
-        _Point(r["attack"], r["norm"], r["eps"], r["clean_accuracy"], r["robust_accuracy"], r["n"])
+        AccuracyRow(
+            r["attack"], r["norm"], r["eps"], r["clean_accuracy"], r["robust_accuracy"], r["n"]
+        )
         for r in record["results"]
     ]
-    _, images, labels = test_subset(run.splits, att.n_images)
-    n = len(images) if gates.n_images is None else min(gates.n_images, len(images))
-    images, labels = images[:n].float().div_(255), labels[:n]
-    attacks = [
-        GateAttack(
-            attack=name,
-            norm="linf",
-            steps=1 if name == "fgsm" else att.steps,
-            relative_step_size=att.step_size,
-            restarts=att.restarts if name != "fgsm" else 1,
-        )
-        for name in att.attacks
-    ]
-    convergence = (
-        [
-            ConvergenceSettings(
-                eps=max(att.eps_linf),
-                norm="linf",
-                steps=att.steps,
-                restarts=gates.convergence_restarts,
-            )
-        ]
-        if "pgd" in att.attacks and att.eps_linf and max(att.eps_linf) > 0
-        else []
-    )
-    results = run_gates(
-        points,
-        target=model,
-        images=images,
-        labels=labels,
-        convergence=convergence,
-        gate_attacks=attacks,
-        thresholds=GateThresholds(large_eps=gates.large_eps_linf),
-        seed=cfg.seed,
-        batch_size=gates.batch_size,
-        device=cfg.device,
-    )
+    images, labels = gate_images(run)
+    results = attack_gates(run, points, images, labels)
     out = {
         "run_id": cfg.run_id(),
         "name": cfg.name,
         "objective": cfg.objective.name,
         "checkpoint_epoch": run.checkpoint.epoch,
-        "n_images": n,
+        "n_images": len(images),
         "gates_config": cfg.gates.model_dump(mode="json"),
-        "attack_config": att.model_dump(mode="json"),
+        "attack_config": cfg.attack.model_dump(mode="json"),
         "gates": [asdict(g) for g in results],
         "gates_failed": [g.name for g in results if not g.passed],
         "gates_text": format_gates(results),

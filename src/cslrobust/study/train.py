@@ -141,6 +141,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         "train_images": len(splits.train),
         "processes": context().world_size,
         "peak_lr": tr.peak_lr(),
+        "views_per_image": objective.n_views,
         "history": result.history,
         "checkpoint": str(result.checkpoint.path) if result.checkpoint else None,
         "wall_seconds": time.perf_counter() - tic,
@@ -152,6 +153,8 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
 def train_rows(summary: dict[str, Any]) -> Rows:
     """Rows of the train stage: per-epoch means of every logged metric, and the wall time."""
     rows: Rows = [{"metric": "train_seconds", "value": summary["wall_seconds"]}]
+    if "views_per_image" in summary:  # views per image per step (protocol transparency)
+        rows.append({"metric": "train/views_per_image", "value": summary["views_per_image"]})
     for record in summary["history"]:
         epoch = int(record["epoch"])
         for key, value in record.items():
