@@ -129,6 +129,17 @@ def test_clean_table_shows_dead_features_per_seed():
     assert INTERVAL_METHODS["t"] in table.note
 
 
+def test_clean_table_states_views_per_image_per_step():
+    rows = [
+        {"method": m, "seed": 0, "metric": metric, "value": value}
+        for m, views in (("supervised", 1), ("simclr", 2), ("fnr_topk", 3))
+        for metric, value in (("probe/test_accuracy", 0.5), ("train/views_per_image", views))
+    ]
+    rows.append({"method": "old", "seed": 0, "metric": "probe/test_accuracy", "value": 0.5})
+    table = clean_table(StudyResults(rows, ["supervised", "simclr", "fnr_topk", "old"]))
+    assert _column(table, "views / image / step") == ["1", "2", "3", "-"]
+
+
 def _gate(method: str, seed: int, name: str, passed: bool, message: str) -> dict:
     return {
         "method": method,

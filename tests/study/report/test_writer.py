@@ -103,7 +103,7 @@ def test_selected_sections_only_and_every_row_exported(report_store, tmp_path):
     assert "### Clean accuracy (%)" in md and "PGD" not in md and "PGD" not in summary
     assert not list(folder.glob("*.png"))
     # Oracle: supervised probe test accuracy 0.8 and 0.9 -> mean 85.0, t(0.975, df=1) = 12.7062 x sem 0.05.
-    assert "| supervised | 2 | 85.0 [21.5, 148.5] |" in md
+    assert "| supervised | - | 2 | 85.0 [21.5, 148.5] |" in md
     with (folder / "results.csv").open() as handle:
         exported = list(csv.DictReader(handle))
     assert len(exported) == 4 * (1 + 4)  # per cell: one probe row, clean + robust at two eps

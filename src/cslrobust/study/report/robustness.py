@@ -34,9 +34,11 @@ def clean_table(res: StudyResults) -> Table:
         methods.append(est.method)
         own = res.values(method, "probe/own_head_test_accuracy")
         dead = res.by_seed(method, "probe/dead_features")
+        views = sorted({int(v) for v in res.values(method, "train/views_per_image")})
         rows.append(
             [
                 method,
+                " / ".join(map(str, views)) if views else "-",
                 str(len(test)),
                 est.format(),
                 format_percent(res.values(method, "probe/val_accuracy")),
@@ -48,6 +50,7 @@ def clean_table(res: StudyResults) -> Table:
         "Clean accuracy (%)",
         [
             "method",
+            "views / image / step",
             "seeds",
             "probe test [95% CI]",
             "probe val",
@@ -55,7 +58,9 @@ def clean_table(res: StudyResults) -> Table:
             "dead features (per seed)",
         ],
         rows,
-        "Linear probe on frozen backbone features, full test set. Dead features: backbone features "
+        "Linear probe on frozen backbone features, full test set. Views / image / step: augmented "
+        "views of each training image in one step (supervised 1 unless objective.views is set, "
+        "contrastive 2, top-k with support views 2 + support_views). Dead features: backbone features "
         "whose training std is <= 1e-3 x the largest, given weight 0 by the probe (count per seed, "
         "in seed order). " + interval_caption(methods),
     )
