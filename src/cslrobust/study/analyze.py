@@ -192,5 +192,6 @@ register_stage(
             "steps": cfg.attack.steps,
         },
         sections=("geometry",),
+        version=2,  # 2: scale-free sensitivity measures
     )
 )

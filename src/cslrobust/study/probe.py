@@ -131,5 +131,6 @@ register_stage(
         needs=("train",),
         key_inputs=lambda cfg: {"probe": cfg.probe.model_dump(mode="json")},
         sections=("clean",),
+        version=2,  # 2: dead features get weight 0
     )
 )

@@ -42,6 +42,8 @@ class Stage:
         sections: Names of the report sections that present the stage's rows.
         also_when: Also run on a cell the study did not ask it for, when this returns true
             (arguments: the study's settings as a mapping, the cell's method name).
+        version: Raised when the stage's code changes its results; enters the key from 2 on, so
+            stored results of the older code are recomputed (and keys of version 1 stay as they were).
     """
 
     name: str
@@ -52,6 +54,7 @@ class Stage:
     digest: Callable[[RunConfig], str] | None = None
     sections: tuple[str, ...] = ()
     also_when: Callable[[Mapping[str, Any], str], bool] | None = field(default=None)
+    version: int = 1
 
 
 STAGES: Registry[Stage] = Registry("stage")
@@ -77,7 +80,8 @@ def stage_digest(cfg: RunConfig, name: str, _memo: dict[str, str] | None = None)
             memo[name] = stage.digest(cfg)
         else:
             upstream = {need: stage_digest(cfg, need, memo) for need in stage.needs}
-            memo[name] = canonical_hash({**upstream, **stage.key_inputs(cfg)})
+            version = {"version": stage.version} if stage.version != 1 else {}
+            memo[name] = canonical_hash({**upstream, **stage.key_inputs(cfg), **version})
     return memo[name]
 
 
