@@ -18,7 +18,7 @@ import numpy as np
 from cslrobust.registry import Registry
 from cslrobust.statistics import Estimate, Verdict, t_interval, verdict
 from cslrobust.study.report.results import Note, StudyResults
-from cslrobust.study.report.robustness import budget_gaps
+from cslrobust.study.report.robustness import BudgetGap, budget_gaps
 from cslrobust.study.report.sections import ReportContext, SectionOutput, register_section
 
 MIXED = "mixed"
@@ -169,17 +169,24 @@ def _references(res: StudyResults, ctx: ReportContext) -> str | None:
     return f"needs {' and '.join(missing)} in the study" if missing else None
 
 
-@register_claim("c1")
-def claim_less_robust(res: StudyResults, ctx: ReportContext) -> Finding | str:
-    """C1: the gap RA(SL) - RA(CSL) of the main attack is > 0, at every budget with eps > 0."""
+def _main_attack_gaps(res: StudyResults, ctx: ReportContext) -> tuple[str, list[BudgetGap]] | str:
+    """The main attack and its gap analyses at every budget with eps > 0, or why there are none."""
     attack = res.main_attack()
     if attack is None:
         return "no attack results"
     if (reason := _references(res, ctx)) is not None:
         return reason
     gaps = [g for g in budget_gaps(res, attack, ctx.supervised, ctx.contrastive) if g.eps > 0]
-    if not gaps:
-        return "no budget with eps > 0"
+    return (attack, gaps) if gaps else "no budget with eps > 0"
+
+
+@register_claim("c1")
+def claim_less_robust(res: StudyResults, ctx: ReportContext) -> Finding | str:
+    """C1: the gap RA(SL) - RA(CSL) of the main attack is > 0, at every budget with eps > 0."""
+    found = _main_attack_gaps(res, ctx)
+    if isinstance(found, str):
+        return found
+    attack, gaps = found
     points = [tested(g.label, g.analysis.gap) for g in gaps]
     return Finding(
         "C1",
@@ -264,14 +271,10 @@ def claim_false_negative_removal(res: StudyResults, ctx: ReportContext) -> Findi
     ]
     if not methods:
         return f"no method with objective {' or '.join(FN_OBJECTIVES)} in the study"
-    attack = res.main_attack()
-    if attack is None:
-        return "no attack results"
-    if (reason := _references(res, ctx)) is not None:
-        return reason
-    gaps = [g for g in budget_gaps(res, attack, ctx.supervised, ctx.contrastive) if g.eps > 0]
-    if not gaps:
-        return "no budget with eps > 0"
+    found = _main_attack_gaps(res, ctx)
+    if isinstance(found, str):
+        return found
+    attack, gaps = found
     nan = float("nan")
     series = []
     for m in methods:
