@@ -99,3 +99,12 @@ def test_every_stage_names_report_sections_that_exist(name):
     assert stage.sections, f"stage {name!r} names no report section"
     assert all(section in SECTIONS for section in stage.sections), stage.sections
     assert all(need in STAGES and STAGES.get(need).order < stage.order for need in stage.needs)
+
+
+def test_trained_runs_accept_overrides_of_the_stages_settings_only(monkeypatch):
+    from cslrobust.study.stages import evaluation_sections
+
+    assert evaluation_sections() == ("device", "attack", "evaluation", "gates", "geometry", "probe")
+    toy = Stage(name="toy", order=99, run=lambda cfg, progress: [], settings=("toy_settings",))
+    monkeypatch.setitem(STAGES._entries, "toy", toy)
+    assert "toy_settings" in evaluation_sections()  # a new stage's section needs no other edit

@@ -192,6 +192,7 @@ register_stage(
             "steps": cfg.attack.steps,
         },
         sections=("geometry",),
+        settings=("geometry",),
         version=2,  # 2: scale-free sensitivity measures
     )
 )

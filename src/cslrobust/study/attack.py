@@ -137,5 +137,6 @@ register_stage(
         needs=("probe",),
         key_inputs=lambda cfg: {"attack": section_identity(cfg, "attack")},
         sections=("attacks",),
+        settings=("attack",),
     )
 )

@@ -358,5 +358,6 @@ register_stage(
         needs=("probe",),
         key_inputs=lambda cfg: {"evaluation": section_identity(cfg, "evaluation")},
         sections=("evaluation", "corruptions"),
+        settings=("evaluation",),
     )
 )

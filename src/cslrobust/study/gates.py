@@ -151,5 +151,6 @@ register_stage(
         needs=("attack",),
         key_inputs=lambda cfg: {"gates": section_identity(cfg, "gates")},
         sections=("gates",),
+        settings=("gates",),
     )
 )

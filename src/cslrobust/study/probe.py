@@ -131,6 +131,7 @@ register_stage(
         needs=("train",),
         key_inputs=lambda cfg: {"probe": cfg.probe.model_dump(mode="json")},
         sections=("clean",),
+        settings=("probe",),
         version=2,  # 2: dead features get weight 0
     )
 )

@@ -14,7 +14,7 @@ Every stage reads and writes a run through this module::
 
 Artifacts of a non-final checkpoint carry a tag (``probe-epoch0003.json``, see :func:`tagged`).
 Stages after training read the saved config for what defines the model and take the evaluation
-settings (:data:`EVALUATION_SECTIONS`) from the caller, so no command rewrites ``config.json``.
+settings (each stage's ``settings`` sections, see :func:`~cslrobust.study.stages.evaluation_sections`) from the caller, so no command rewrites ``config.json``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from cslrobust.models import Classifier, Encoder, build_encoder
 from cslrobust.objectives import HeadKind
 from cslrobust.records import write_json_atomic
 from cslrobust.seeding import make_generator
+from cslrobust.study.stages import evaluation_sections
 from cslrobust.training import Checkpoint, find_checkpoint, latest_checkpoint, load_weights
 from cslrobust.training.checkpoint import read_metadata
 
@@ -47,10 +48,6 @@ ANALYSIS_FILE = "analysis.json"
 EVALUATION_FILE = "evaluation.json"
 GATES_FILE = "gates.json"
 CHECKPOINT_DIR = "checkpoints"
-
-#: Sections a stage after training may take from its caller instead of the saved config: they
-#: change how a trained model is evaluated, never the model.
-EVALUATION_SECTIONS = ("device", "probe", "attack", "geometry", "evaluation", "gates")
 
 
 def tagged(name: str, tag: str) -> str:
@@ -129,12 +126,13 @@ def run_settings(run_dir: Path, overrides: Iterable[str] = ()) -> RunConfig:
     """
     saved = load_saved_config(run_dir / CONFIG_FILE)
     overrides = list(overrides)
+    allowed = evaluation_sections()
     for text in overrides:
         section = text.partition("=")[0].strip().split(".")[0]
-        if section not in EVALUATION_SECTIONS:
+        if section not in allowed:
             raise ConfigError(
                 f"override {text!r} changes the trained model's section {section!r}; "
-                f"a trained run takes overrides of {', '.join(EVALUATION_SECTIONS)} only"
+                f"a trained run takes overrides of {', '.join(allowed)} only"
             )
     if not overrides:
         return saved

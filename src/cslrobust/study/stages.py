@@ -42,6 +42,8 @@ class Stage:
         sections: Names of the report sections that present the stage's rows.
         also_when: Also run on a cell the study did not ask it for, when this returns true
             (arguments: the study's settings as a mapping, the cell's method name).
+        settings: Config sections that only change how the stage evaluates a trained model; the
+            commands on a trained run accept overrides of these (and ``device``), nothing else.
         version: Raised when the stage's code changes its results; enters the key from 2 on, so
             stored results of the older code are recomputed (and keys of version 1 stay as they were).
     """
@@ -54,6 +56,7 @@ class Stage:
     digest: Callable[[RunConfig], str] | None = None
     sections: tuple[str, ...] = ()
     also_when: Callable[[Mapping[str, Any], str], bool] | None = field(default=None)
+    settings: tuple[str, ...] = ()
     version: int = 1
 
 
@@ -63,6 +66,11 @@ STAGES: Registry[Stage] = Registry("stage")
 def register_stage(stage: Stage) -> Stage:
     """Add ``stage`` to :data:`STAGES` under its name (a duplicate name is a programming error)."""
     return STAGES.register(stage.name)(stage)
+
+
+def evaluation_sections() -> tuple[str, ...]:
+    """``device`` and every registered stage's ``settings``: what a trained run may be given anew."""
+    return ("device", *sorted({s for name in STAGES.names() for s in STAGES.get(name).settings}))
 
 
 def stage_order(names: Sequence[str] | None = None) -> list[str]:
