@@ -13,6 +13,9 @@ from cslrobust.statistics import (
     Verdict,
     gap_analysis,
     hierarchical_bootstrap,
+    interpolate_trajectory,
+    matched_gap,
+    matched_gaps,
     paired_bootstrap,
     t_interval,
     verdict,
@@ -136,3 +139,54 @@ def test_verdict_on_gap_analysis_results() -> None:
     assert str(Verdict.DOES_NOT_HOLD) == "does not hold"
     with pytest.raises(ValueError, match="direction"):
         verdict(holds.gap, direction="up")  # type: ignore[arg-type]
+
+
+def test_interpolation_sorts_by_clean_accuracy_merges_ties_and_never_extrapolates() -> None:
+    # Epoch order is not clean-accuracy order (the clean accuracy dips at the third checkpoint).
+    clean = np.array([0.2, 0.6, 0.4, 0.6])
+    robust = np.array([0.1, 0.3, 0.2, 0.5])  # two checkpoints at clean 0.6: merged to 0.4
+    values = interpolate_trajectory(clean, robust, np.array([0.2, 0.3, 0.5, 0.6, 0.1, 0.7]))
+    assert values[:4] == pytest.approx([0.1, 0.15, 0.3, 0.4])
+    assert np.isnan(values[4]) and np.isnan(values[5])
+
+
+def test_matched_gap_of_parallel_lines_is_their_offset() -> None:
+    sl = np.array([[0.3, 0.5, 0.7], [0.2, 0.3, 0.4]])  # RA = 0.5 c + 0.05
+    method = np.array([[0.2, 0.4, 0.6], [0.05, 0.15, 0.25]])  # RA = 0.5 c - 0.05: 10 points below
+    assert matched_gap(sl, method) == pytest.approx(0.1)
+    assert matched_gap(method, sl) == pytest.approx(-0.1)
+    # Non-monotone along epochs (the method's last checkpoint falls back): the same points, same gap.
+    shuffled = method[:, [0, 2, 1]]
+    assert matched_gap(sl, shuffled) == pytest.approx(0.1)
+
+
+def test_matched_gap_without_shared_clean_accuracy_is_nan() -> None:
+    sl = np.array([[0.6, 0.8], [0.3, 0.4]])
+    method = np.array([[0.2, 0.5], [0.1, 0.2]])
+    assert math.isnan(matched_gap(sl, method))
+
+
+def _trajectory_bits(n: int, clean: list[int], robust: list[int], seeds: int = 1) -> np.ndarray:
+    """(seeds, 2, E, n) bool: at checkpoint e, the first clean[e] / robust[e] images correct."""
+    rows = [[np.arange(n) < k for k in counts] for counts in (clean, robust)]
+    return np.broadcast_to(np.array(rows), (seeds, 2, len(clean), n)).copy()
+
+
+def test_matched_gaps_interval_covers_the_offset_and_reports_no_overlap() -> None:
+    n = 400
+    correct = {
+        "sl": _trajectory_bits(n, [120, 200, 280], [80, 120, 160], seeds=2),
+        "m": _trajectory_bits(n, [80, 160, 240], [20, 60, 100], seeds=2),  # 10 points below
+        "far": _trajectory_bits(n, [20, 60], [10, 20], seeds=2),  # clean 5-15 %: no overlap
+    }
+    gaps = matched_gaps(correct, reference="sl", n_resamples=300)
+    found = gaps["m"]
+    assert found.gap.value == pytest.approx(0.1)
+    assert found.gap.method == "hierarchical" and found.gap.low < 0.1 < found.gap.high
+    assert found.shared == pytest.approx((0.3, 0.6))
+    assert found.method_range == pytest.approx((0.2, 0.6))
+    assert found.no_overlap_fraction == 0.0
+    far = gaps["far"]
+    assert far.shared is None and math.isnan(far.gap.value) and not far.gap.has_interval
+    assert far.method_range == pytest.approx((0.05, 0.15)) and far.no_overlap_fraction == 1.0
+    assert far.gap.method == "none"

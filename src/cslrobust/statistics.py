@@ -18,6 +18,12 @@ where the interval of the gap RA(SL) - RA(CSL) lies above zero; elsewhere it is 
 gap)"). RA(M) - RA(CSL) is always reported with its paired interval, and so is the fraction of
 resamples with a non-positive gap (those resamples are left out of the closure interval).
 
+Matched clean accuracy (:func:`matched_gaps`): a training trajectory (clean and robust accuracy at each
+kept checkpoint) is read as robust accuracy as a function of clean accuracy, linear between checkpoints
+sorted by clean accuracy (:func:`interpolate_trajectory`); two methods are compared by the mean of
+RA(reference) - RA(method) over the clean-accuracy range both trajectories cover (:func:`matched_gap`),
+never extrapolated; without a shared range the gap is NaN (reported "n/a").
+
 Verdicts (:func:`verdict`): a claim "quantity > threshold" (or "<") holds when the whole interval lies
 strictly on the claimed side of the threshold, does not hold when the whole interval lies strictly on
 the other side, and is inconclusive otherwise (the interval contains the threshold, or there is no
@@ -119,31 +125,43 @@ def paired_bootstrap(
 
 
 def _matrices(correct: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Bool ``(S, N)`` matrices with one N for all models."""
+    """Bool ``(S, ..., N)`` arrays (at least ``(S, N)``) with one N for all models."""
     arrays = {k: np.atleast_2d(np.asarray(v, dtype=bool)) for k, v in correct.items()}
-    n = {a.shape[1] for a in arrays.values()}
+    n = {a.shape[-1] for a in arrays.values()}
     if len(n) != 1:
         raise ValueError(f"models were evaluated on different numbers of images: {sorted(n)}")
     return arrays
 
 
-def _resampled_accuracies(
+def _resampled_means(
     arrays: Mapping[str, np.ndarray], n_resamples: int, seed: int
-) -> Iterator[dict[str, float]]:
-    """Per resample, every model's accuracy: one image draw shared by all, seeds drawn per model."""
-    n_images = next(iter(arrays.values())).shape[1]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Per resample, every model's mean over seeds and images (image draw shared, seeds per model).
+
+    Each array is ``(S, ..., N)``; the mean keeps the middle axes (a 0-d array for ``(S, N)``), so a
+    seed's whole row (e.g. its trajectory over checkpoints) is resampled as one unit.
+    """
+    n_images = next(iter(arrays.values())).shape[-1]
     rng = np.random.default_rng(seed)
     for _ in range(n_resamples):
         idx = rng.integers(0, n_images, n_images)
-        accs = {}
+        means = {}
         for key, a in arrays.items():
             seeds = (
                 rng.integers(0, a.shape[0], a.shape[0])
                 if a.shape[0] > 1
                 else np.zeros(1, dtype=int)
             )
-            accs[key] = float(a[np.ix_(seeds, idx)].mean())
-        yield accs
+            means[key] = a[seeds][..., idx].mean(axis=(0, -1))
+        yield means
+
+
+def _resampled_accuracies(
+    arrays: Mapping[str, np.ndarray], n_resamples: int, seed: int
+) -> Iterator[dict[str, float]]:
+    """Per resample, every model's accuracy: one image draw shared by all, seeds drawn per model."""
+    for means in _resampled_means(arrays, n_resamples, seed):
+        yield {key: float(value) for key, value in means.items()}
 
 
 def _percentiles(samples: list[float] | np.ndarray, confidence: float) -> tuple[float, float]:
@@ -285,6 +303,156 @@ def gap_analysis(
             )
         methods[m] = MethodGap(difference, closure)
     return GapAnalysis(gap, positive, float(1.0 - kept.mean()), methods)
+
+
+MATCHED_GRID = 101
+"""Evenly spaced clean accuracies over the shared range at which :func:`matched_gap` averages."""
+
+
+def interpolate_trajectory(clean: np.ndarray, robust: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Robust accuracy at clean accuracies ``at``, linear along a trajectory sorted by clean accuracy.
+
+    The checkpoints are ordered by clean accuracy, not by epoch, so a trajectory whose clean accuracy
+    falls and rises again is read as the set of its points; checkpoints with equal clean accuracy are
+    merged into one point with their mean robust accuracy. Nothing is extrapolated.
+
+    Args:
+        clean: Clean accuracy per checkpoint, shape ``(E,)``, E >= 1.
+        robust: Robust accuracy per checkpoint, shape ``(E,)``.
+        at: Clean accuracies to read the trajectory at, any shape.
+
+    Returns:
+        Robust accuracy at each of ``at`` (same shape); NaN outside [min, max] of ``clean``.
+    """
+    xs, position = np.unique(np.asarray(clean, dtype=float), return_inverse=True)
+    ys = np.bincount(position, weights=np.asarray(robust, dtype=float)) / np.bincount(position)
+    at = np.asarray(at, dtype=float)
+    values = np.interp(at, xs, ys)
+    return np.where((at < xs[0]) | (at > xs[-1]), np.nan, values)
+
+
+def shared_range(clean_a: np.ndarray, clean_b: np.ndarray) -> tuple[float, float] | None:
+    """The clean-accuracy interval both trajectories cover, or None when they do not overlap.
+
+    Args:
+        clean_a: Clean accuracy per checkpoint of one trajectory.
+        clean_b: The same for the other.
+
+    Returns:
+        ``(low, high)`` with ``low <= high`` (a single shared point gives ``low == high``), or None.
+    """
+    low = max(float(np.min(clean_a)), float(np.min(clean_b)))
+    high = min(float(np.max(clean_a)), float(np.max(clean_b)))
+    return (low, high) if low <= high else None
+
+
+def matched_gap(reference: np.ndarray, method: np.ndarray, n_grid: int = MATCHED_GRID) -> float:
+    """Mean of RA(reference) - RA(method) at matched clean accuracy over their shared range.
+
+    Both trajectories are read with :func:`interpolate_trajectory` at ``n_grid`` evenly spaced clean
+    accuracies spanning :func:`shared_range`; the result is the mean difference. Two straight lines
+    with a constant vertical offset give exactly that offset.
+
+    Args:
+        reference: ``(2, E)``: clean accuracy (row 0) and robust accuracy (row 1) per checkpoint.
+        method: ``(2, E')``, the same for the method compared with the reference.
+        n_grid: Points of the grid.
+
+    Returns:
+        The mean gap (fraction of 1), NaN when the clean-accuracy ranges do not overlap.
+    """
+    span = shared_range(reference[0], method[0])
+    if span is None:
+        return float("nan")
+    grid = np.linspace(span[0], span[1], n_grid)
+    ra_reference, ra_method = (
+        interpolate_trajectory(t[0], t[1], grid) for t in (reference, method)
+    )
+    return float(np.mean(ra_reference - ra_method))
+
+
+@dataclass(frozen=True)
+class MatchedGap:
+    """RA(reference) - RA(method) at matched clean accuracy, from :func:`matched_gaps`.
+
+    Attributes:
+        gap: Mean gap over the shared range of the mean trajectories, with its percentile interval over
+            the resamples that overlap; NaN value without a shared range.
+        shared: The shared clean-accuracy range of the mean trajectories, None without overlap.
+        method_range: ``(min, max)`` clean accuracy of the method's mean trajectory.
+        reference_range: The same for the reference.
+        no_overlap_fraction: Share of resamples whose trajectories share no clean accuracy (left out of
+            the interval).
+    """
+
+    gap: Estimate
+    shared: tuple[float, float] | None
+    method_range: tuple[float, float]
+    reference_range: tuple[float, float]
+    no_overlap_fraction: float
+
+
+def _clean_range(trajectory: np.ndarray) -> tuple[float, float]:
+    return float(trajectory[0].min()), float(trajectory[0].max())
+
+
+def matched_gaps(
+    correct: Mapping[str, np.ndarray],
+    *,
+    reference: str,
+    n_grid: int = MATCHED_GRID,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, MatchedGap]:
+    """Every method against ``reference`` at matched clean accuracy, with hierarchical intervals.
+
+    A method's trajectory is the mean over its seeds of clean and robust accuracy at each checkpoint
+    (:func:`matched_gap` on these means gives the point estimate). Each resample draws the images once
+    for every method, seed and checkpoint, and per method its seeds with replacement, each seed's
+    whole trajectory as one unit (the hierarchical bootstrap of :func:`hierarchical_bootstrap`);
+    clean and robust accuracies are recomputed from the drawn images before interpolating.
+
+    Args:
+        correct: Per method, bool ``(S, 2, E, N)``: per seed, clean (0) and robust (1) correctness of
+            each of the N attacked images (the same images for every method) at each of E checkpoints;
+            must contain ``reference``.
+        reference: Key of the reference (the supervised model).
+        n_grid: Grid points of :func:`matched_gap`.
+        n_resamples: Bootstrap resamples.
+        confidence: Two-sided coverage.
+        seed: Seed of the resampling.
+
+    Returns:
+        Per method other than ``reference``, its :class:`MatchedGap`. The interval method is
+        ``"hierarchical"`` when some method has >= 2 seeds, else ``"bootstrap"`` (images only).
+
+    Raises:
+        ValueError: If ``reference`` is missing or N differs between methods.
+    """
+    if reference not in correct:
+        raise ValueError(f"correct has no entry for {reference!r}; got {sorted(correct)}")
+    arrays = _matrices(correct)
+    means = {k: a.mean(axis=(0, -1)) for k, a in arrays.items()}
+    resamples = list(_resampled_means(arrays, n_resamples, seed))
+    method = "hierarchical" if max(a.shape[0] for a in arrays.values()) >= 2 else "bootstrap"
+    out = {}
+    for key in (k for k in arrays if k != reference):
+        point = matched_gap(means[reference], means[key], n_grid)
+        samples = np.array([matched_gap(r[reference], r[key], n_grid) for r in resamples])
+        overlapping = samples[~np.isnan(samples)]
+        if overlapping.size and not math.isnan(point):
+            gap = Estimate(point, *_percentiles(overlapping, confidence), method)
+        else:
+            gap = Estimate(point, float("nan"), float("nan"), "none")
+        out[key] = MatchedGap(
+            gap=gap,
+            shared=shared_range(means[reference][0], means[key][0]),
+            method_range=_clean_range(means[key]),
+            reference_range=_clean_range(means[reference]),
+            no_overlap_fraction=float(np.isnan(samples).mean()),
+        )
+    return out
 
 
 class Verdict(StrEnum):

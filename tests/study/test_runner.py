@@ -176,7 +176,9 @@ def test_matched_clean_accuracy_compares_with_the_closest_supervised_epoch(
     with open_store(spec) as store:
         rows = store.rows()
         write_report("t", study_cells(spec), store, spec.output_dir)
-    sl_val = {int(r["epoch"]): r["value"] for r in rows if r["metric"] == "sl_epoch/val_accuracy"}
+    sl_val = {
+        int(r["epoch"]): r["value"] for r in rows if r["metric"] == "trajectory/probe/val_accuracy"
+    }
     assert sorted(sl_val) == [1, 2, 3]  # every epoch of the supervised reference kept and probed
     simclr_val = next(
         r["value"] for r in rows if r["method"] == "simclr" and r["metric"] == "probe/val_accuracy"
@@ -185,7 +187,7 @@ def test_matched_clean_accuracy_compares_with_the_closest_supervised_epoch(
     report = (spec.output_dir / "report.md").read_text()
     line = next(x for x in report.splitlines() if x.startswith("| simclr | 0 |"))
     assert line.split(" | ")[3] == str(expected)
-    # The last supervised epoch attacked in the epochs stage equals the main attack stage.
+    # The last supervised epoch attacked in the trajectory stage equals the main attack stage.
     main = {
         r["eps"]: r["value"]
         for r in rows
@@ -194,6 +196,6 @@ def test_matched_clean_accuracy_compares_with_the_closest_supervised_epoch(
     last = {
         r["eps"]: r["value"]
         for r in rows
-        if r["metric"] == "sl_epoch/robust_accuracy" and r["epoch"] == 3
+        if r["metric"] == "trajectory/robust_accuracy" and r["epoch"] == 3
     }
     assert main == last

@@ -78,6 +78,7 @@ def run_probe(
             "name": cfg.name,
             "objective": cfg.objective.name,
             "checkpoint_epoch": run.checkpoint.epoch,
+            "probe_config": cfg.probe.model_dump(mode="json"),  # a trajectory reuses it when equal
             "best_epoch": result.best_epoch,
             "val_accuracy": result.best_val_accuracy,
             "train_accuracy": accuracy(head, f_train, splits.train.labels),

@@ -53,6 +53,10 @@ class StudySpec(BaseModel):
     # Keep every epoch of the supervised reference, probe and attack each, and compare every other
     # method with the supervised checkpoint of the closest validation clean accuracy.
     match_clean_accuracy: bool = False
+    # Keep a checkpoint every k epochs of every method (train.keep_every = k, part of the run id: new
+    # cells), probe and attack each and the final one (stage "trajectory"): the report's accuracy
+    # frontier and the comparison at matched clean accuracy. 0: off.
+    trajectory_every: int = Field(default=0, ge=0)
     supervised_method: str = "supervised"  # the SL reference of gap computations
     contrastive_method: str = "simclr"  # the CSL reference
     base: dict[str, Any] = Field(default_factory=dict)
@@ -133,11 +137,12 @@ def expand_study(spec: StudySpec) -> list[RunConfig]:
         ConfigError: If a cell is invalid; the message names the method and the key.
     """
     runs = []
+    settings = spec.model_dump()
     for method, overrides in spec.methods.items():
         for seed in spec.seeds:
             data = deep_merge(spec.base, overrides)
-            if spec.match_clean_accuracy and method == spec.supervised_method:
-                data = deep_merge(data, {"train": {"keep_every": 1}})
+            if keep_every := trajectory_step(settings, method):
+                data = deep_merge(data, {"train": {"keep_every": keep_every}})
             data.update(name=f"{method}-s{seed}", output_dir=str(spec.output_dir), seed=seed)
             try:
                 cfg = build_run_config(data)
@@ -147,6 +152,22 @@ def expand_study(spec: StudySpec) -> list[RunConfig]:
             # new cells beside the old ones instead of overwriting them.
             runs.append(cfg.model_copy(update={"name": f"{method}-s{seed}-{cfg.run_id()[:8]}"}))
     return runs
+
+
+def trajectory_step(study: Mapping[str, Any], method: str) -> int:
+    """Epochs between the checkpoints of a method's trajectory (its ``train.keep_every``); 0: none.
+
+    ``trajectory_every`` for every method; 1 (every epoch) for the supervised reference of a study
+    that matches clean accuracy. When both apply, the finer step wins.
+
+    Args:
+        study: The study's settings (``StudySpec.model_dump()``).
+        method: The method's name.
+    """
+    steps = [int(study.get("trajectory_every") or 0)]
+    if study.get("match_clean_accuracy") and method == study.get("supervised_method"):
+        steps.append(1)
+    return min((s for s in steps if s > 0), default=0)
 
 
 def method_of(run: RunConfig) -> str:

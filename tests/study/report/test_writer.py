@@ -26,6 +26,7 @@ BUILT_IN = [
     "findings",
     "clean",
     "attacks",
+    "frontier",
     "evaluation",
     "corruptions",
     "detector",

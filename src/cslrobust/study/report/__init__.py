@@ -3,10 +3,11 @@
 Writes into the report folder: ``report.md``, a self-contained ``report.html`` (plots embedded),
 ``results.csv`` and ``results.json`` (every row), and PNG plots. The report is a list of registered
 sections (:mod:`~cslrobust.study.report.sections`); importing this package registers the built-in ones
-(findings, clean, attacks, evaluation, corruptions, detector, geometry, gates).
+(findings, clean, attacks, frontier, evaluation, corruptions, detector, geometry, gates).
 """
 
 from cslrobust.study.report.findings import CLAIMS, Finding, assess_claims, register_claim
+from cslrobust.study.report.frontier import frontier_table, method_trajectory
 from cslrobust.study.report.mechanism import detector_table, geometry_table, geometry_vs_robustness
 from cslrobust.study.report.results import (
     Note,
@@ -55,6 +56,7 @@ __all__ = [
     "current_rows",
     "detector_table",
     "evaluation_table",
+    "frontier_table",
     "assess_claims",
     "gap_table",
     "gate_failures",
@@ -63,6 +65,7 @@ __all__ = [
     "geometry_vs_robustness",
     "interval_caption",
     "matched_table",
+    "method_trajectory",
     "register_claim",
     "register_section",
     "robust_table",

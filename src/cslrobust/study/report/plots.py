@@ -1,4 +1,4 @@
-"""The report's PNG plots: robust accuracy vs eps, gap closure, detector quality over epochs.
+"""The report's PNG plots: robust accuracy vs eps, gap closure, detector quality, accuracy frontier.
 
 Each plot is drawn on its own ``matplotlib.figure.Figure`` attached to a ``FigureCanvasAgg``: no pyplot
 state, no backend switch, nothing at import time (matplotlib is imported inside the functions).
@@ -7,6 +7,7 @@ state, no backend switch, nothing at import time (matplotlib is imported inside 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,25 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _line_with_band(
+    ax: Any,
+    xs: Sequence[float] | np.ndarray,
+    ys: Sequence[float] | np.ndarray,
+    band: tuple[Sequence[float] | np.ndarray, Sequence[float] | np.ndarray] | None,
+    **style: Any,
+) -> str:
+    """Draw a line (``style`` as for ``Axes.plot``) and, when given, its ``(low, high)`` band.
+
+    Returns:
+        The line's colour (the band has the same).
+    """
+    (line,) = ax.plot(xs, ys, **style)
+    colour: str = line.get_color()
+    if band is not None:
+        ax.fill_between(xs, band[0], band[1], alpha=0.2, color=colour)
+    return colour
+
+
 def plot_robust(res: StudyResults, attack: str, path: Path) -> Path | None:
     """Robust accuracy vs L-inf eps with 95% bands, one line per method.
 
@@ -63,8 +83,7 @@ def plot_robust(res: StudyResults, attack: str, path: Path) -> Path | None:
             ys.append(100 * est.value)
             lo.append(100 * (est.low if not math.isnan(est.low) else est.value))
             hi.append(100 * (est.high if not math.isnan(est.high) else est.value))
-        ax.plot(xs, ys, marker="o", label=method)
-        ax.fill_between(xs, lo, hi, alpha=0.2)
+        _line_with_band(ax, xs, ys, (lo, hi), marker="o", label=method)
     ax.set_xscale("log")
     ticks = [eps * 255 for _, eps in budgets]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
@@ -143,4 +162,42 @@ def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("%")
     axes[1].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_frontier(
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], attack: str, path: Path
+) -> Path | None:
+    """Robust against clean accuracy along training: one panel per budget, one line per method.
+
+    Each line goes through a method's checkpoints in epoch order at the means over its seeds; with
+    >= 2 seeds a band spans the lowest to the highest robust accuracy of its seeds at each checkpoint.
+    The final checkpoint is marked with a star. A method keeps its colour in every panel.
+
+    Args:
+        panels: Per budget label, per method, ``(clean, robust)`` accuracies (fractions), each
+            ``(S, E)``: seed by checkpoint in epoch order.
+        attack: Attack name for the axis label.
+        path: Output PNG file; its folder must exist.
+
+    Returns:
+        ``path``, or None when ``panels`` is empty.
+    """
+    if not panels:
+        return None
+    methods = list(dict.fromkeys(m for lines in panels.values() for m in lines))
+    fig, axes = _subplots((3.4 * len(panels) + 1.0, 3.8), len(panels), sharey=True)
+    for ax, (label, lines) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+        for method, (clean, robust) in lines.items():
+            xs, ys = 100 * clean.mean(axis=0), 100 * robust.mean(axis=0)
+            band = (100 * robust.min(axis=0), 100 * robust.max(axis=0)) if len(robust) > 1 else None
+            colour = f"C{methods.index(method)}"
+            _line_with_band(ax, xs, ys, band, marker=".", color=colour, label=method)
+            ax.plot(xs[-1:], ys[-1:], marker="*", markersize=11, color=colour, linestyle="none")
+        ax.set_title(label)
+        ax.set_xlabel("clean accuracy (%, attacked images)")
+        ax.grid(alpha=0.3)
+    first = np.atleast_1d(axes)[0]
+    first.set_ylabel(f"{attack.upper()} robust accuracy (%)")
+    first.legend(fontsize=7, title="star: final epoch", title_fontsize=7)
     return _save(fig, path)

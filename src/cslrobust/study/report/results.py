@@ -163,56 +163,68 @@ class StudyResults:
         value: T = self._memo[key]
         return value
 
+    def matching(self, method: str, metric: str, **cond: Any) -> list[dict[str, Any]]:
+        """Rows of ``metric`` for ``method`` whose columns equal the conditions, in stored order."""
+        return [
+            r
+            for r in self.rows
+            if r["method"] == method
+            and r["metric"] == metric
+            and all(r.get(k) == v for k, v in cond.items())
+        ]
+
     def values(self, method: str, metric: str, **cond: Any) -> list[float]:
         """Values of ``metric`` for ``method`` (one per seed) matching the conditions."""
-        out = []
-        for r in self.rows:
-            if (
-                r["method"] == method
-                and r["metric"] == metric
-                and all(r.get(k) == v for k, v in cond.items())
-            ):
-                if r["value"] is not None:
-                    out.append(float(r["value"]))
-        return out
+        return [
+            float(r["value"])
+            for r in self.matching(method, metric, **cond)
+            if r["value"] is not None
+        ]
 
     def by_seed(self, method: str, metric: str, **cond: Any) -> dict[int, float]:
         """Values of ``metric`` for ``method`` keyed by seed (the last row wins on repeats)."""
         return {
             int(r["seed"]): float(r["value"])
-            for r in self.rows
-            if r["method"] == method
-            and r["metric"] == metric
-            and r["value"] is not None
-            and all(r.get(k) == v for k, v in cond.items())
+            for r in self.matching(method, metric, **cond)
+            if r["value"] is not None
         }
 
-    def correct_matrix(self, method: str, **cond: Any) -> np.ndarray | None:
-        """Per-seed per-image robust correctness (S, N) for bootstrap, or None if not stored."""
+    def correct_matrix(
+        self,
+        method: str,
+        *,
+        metric: str = "robust_accuracy",
+        bits: str = "correct_bits",
+        **cond: Any,
+    ) -> np.ndarray | None:
+        """Per-seed per-image correctness (S, N) for bootstrap, or None if not stored.
+
+        Args:
+            method: Method name.
+            metric: Robust-accuracy metric whose rows carry the bits (``trajectory/robust_accuracy``
+                for the trajectory stage's).
+            bits: ``correct_bits`` (robust correctness) or ``clean_bits`` (clean correctness).
+            **cond: Conditions of the rows (attack, norm, eps, epoch).
+        """
         found = []
-        for r in sorted(self.rows, key=lambda r: r["seed"]):
-            if (
-                r["method"] == method
-                and r["metric"] == "robust_accuracy"
-                and all(r.get(k) == v for k, v in cond.items())
-            ):
-                if not r.get("correct_bits"):
-                    return None
-                found.append(unpack_bits(r["correct_bits"], int(r["n"])))
+        for r in sorted(self.matching(method, metric, **cond), key=lambda r: r["seed"]):
+            if not r.get(bits):
+                return None
+            found.append(unpack_bits(r[bits], int(r["n"])))
         return np.stack(found) if found else None
 
-    def budgets(self, attack: str) -> list[tuple[str, float]]:
-        """(norm, eps) pairs evaluated with ``attack``, L-inf first, increasing eps."""
+    def budgets(self, attack: str, metric: str = "robust_accuracy") -> list[tuple[str, float]]:
+        """(norm, eps) pairs of ``metric`` rows of ``attack``, L-inf first, increasing eps."""
         pairs = {
             (r["norm"], r["eps"])
             for r in self.rows
-            if r["attack"] == attack and r["metric"] == "robust_accuracy"
+            if r["attack"] == attack and r["metric"] == metric
         }
         return sorted(pairs, key=lambda b: (b[0] != "linf", b[1]))
 
-    def attacks(self) -> list[str]:
-        """Attacks present, strongest family first."""
-        names = {r["attack"] for r in self.rows if r["metric"] == "robust_accuracy"}
+    def attacks(self, metric: str = "robust_accuracy") -> list[str]:
+        """Attacks with ``metric`` rows, strongest family first."""
+        names = {r["attack"] for r in self.rows if r["metric"] == metric}
         return sorted(
             names, key=lambda a: ATTACK_ORDER.index(a) if a in ATTACK_ORDER else len(ATTACK_ORDER)
         )

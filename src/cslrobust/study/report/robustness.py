@@ -23,6 +23,7 @@ from cslrobust.study.report.results import (
     interval_caption,
 )
 from cslrobust.study.report.sections import ReportContext, SectionOutput, register_section
+from cslrobust.study.trajectory import TRAJECTORY_PREFIX
 
 
 def clean_table(res: StudyResults) -> Table:
@@ -197,7 +198,7 @@ def _budget_gap(
     """The gap analysis of one budget (see :func:`budget_gaps`)."""
     norm, eps = budget
     others = [m for m in res.methods if m not in (supervised, contrastive)]
-    cond = {"attack": attack, "norm": norm, "eps": eps}
+    cond: dict[str, Any] = {"attack": attack, "norm": norm, "eps": eps}
     matrices = {m: res.correct_matrix(m, **cond) for m in [supervised, contrastive, *others]}
     found = {m: v for m, v in matrices.items() if v is not None}
     if supervised in found and contrastive in found:
@@ -256,7 +257,9 @@ def gap_table(
 def matched_table(res: StudyResults, attack: str, supervised: str) -> Table | None:
     """Each method against the supervised checkpoint of the closest validation clean accuracy (same seed)."""
     sl_val = [
-        r for r in res.rows if r["method"] == supervised and r["metric"] == "sl_epoch/val_accuracy"
+        r
+        for r in res.rows
+        if r["method"] == supervised and r["metric"] == f"{TRAJECTORY_PREFIX}probe/val_accuracy"
     ]
     if not sl_val:
         return None
@@ -301,7 +304,9 @@ def matched_table(res: StudyResults, attack: str, supervised: str) -> Table | No
             for metric in ("robust_accuracy", "attack_success_rate"):
                 for norm, eps in budgets:
                     mine = pick(method, metric, seed, norm, eps)
-                    theirs = pick(supervised, f"sl_epoch/{metric}", sl_seed, norm, eps, epoch)
+                    theirs = pick(
+                        supervised, f"{TRAJECTORY_PREFIX}{metric}", sl_seed, norm, eps, epoch
+                    )
                     line.append(f"{mine} / {theirs}")
             rows.append(line)
     return Table(
