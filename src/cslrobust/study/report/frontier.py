@@ -61,13 +61,13 @@ def method_trajectory(res: StudyResults, method: str, **cond: Any) -> Trajectory
 
     def bits(kind: str) -> np.ndarray | None:
         """``(S, E, N)`` correctness of one kind; None when a row carries no bits."""
-        found = []
+        per_epoch = []
         for epoch in epochs:
             matrix = res.correct_matrix(method, metric=ROBUST, bits=kind, epoch=epoch, **cond)
             if matrix is None:
                 return None
-            found.append(matrix)
-        return np.stack(found, axis=1)
+            per_epoch.append(matrix)
+        return np.stack(per_epoch, axis=1)
 
     clean, robust = bits("clean_bits"), bits("correct_bits")
     correct = None if clean is None or robust is None else np.stack([clean, robust], axis=1)
