@@ -342,6 +342,13 @@ def study_run_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file (see presets/).")],
     set_: SetOption = None,
     progress: ProgressOption = True,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="If another runner uses the output folder, wait for it instead of refusing.",
+        ),
+    ] = False,
 ) -> None:
     """Run every missing stage of every (method, seed) cell, then write the report."""
     from cslrobust.distributed import is_main
@@ -355,7 +362,7 @@ def study_run_command(
         _echo(
             f"study {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds -> {spec.output_dir}"
         )
-        cells = run_study(spec, progress=progress, echo=typer.echo)
+        cells = run_study(spec, progress=progress, echo=typer.echo, wait=wait)
         wall = time.perf_counter() - tic
         if not is_main():  # under torchrun rank 0 writes the report
             return
@@ -407,7 +414,8 @@ def study_status_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file.")],
     set_: SetOption = None,
 ) -> None:
-    """List every cell as done / running / interrupted / failed / pending."""
+    """List every cell as done / running / interrupted / failed / pending, and the lock holder."""
+    from cslrobust.study.lock import describe_lock, lock_path
     from cslrobust.study.runner import open_store, study_cells
     from cslrobust.study.spec import load_study
 
@@ -426,6 +434,8 @@ def study_status_command(
                 detail += f"; error: {status.error}"
             _echo(f"{status.state:>11}  {cell.config.name:<40} {detail}")
         _echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        if (lock := describe_lock(lock_path(spec.output_dir))) is not None:
+            _echo(lock)
 
     _guard(call)
 

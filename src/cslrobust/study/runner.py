@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cslrobust.config import RunConfig
 from cslrobust.distributed import is_main, on_main
 from cslrobust.provenance import git_sha
+from cslrobust.study.lock import StudyLock, lock_path
 from cslrobust.study.run_folder import on_this_process
 from cslrobust.study.spec import StudySpec, expand_study, method_of
 from cslrobust.study.stages import STAGES, Rows, stage_keys
@@ -71,6 +72,27 @@ def open_store(spec: StudySpec) -> ResultsStore:
     return ResultsStore(sqlite_path(url, spec.output_dir))
 
 
+@contextlib.contextmanager
+def _study_lock(
+    spec: StudySpec, main: bool, wait: bool, echo: Callable[[str], None]
+) -> Iterator[Callable[[], None]]:
+    """Hold the output folder's lock (rank 0) for the whole run; yields the every-rank lock check.
+
+    Under torchrun every rank learns whether rank 0 got the lock (and stops with its error if not).
+    """
+    lock = StudyLock(lock_path(spec.output_dir), spec.name, wait=wait, echo=echo) if main else None
+    on_main(lock.acquire if lock else _nothing)
+    try:
+        yield lambda: on_main(lock.check if lock else _nothing)
+    finally:
+        if lock:
+            lock.release()
+
+
+def _nothing() -> None:
+    """What ranks other than 0 do with the study lock."""
+
+
 @dataclass(frozen=True)
 class Cell:
     """A study cell: its config, id and stage keys."""
@@ -101,11 +123,14 @@ def run_study(
     *,
     progress: bool = True,
     echo: Callable[[str], None] = print,
+    wait: bool = False,
 ) -> list[Cell]:
     """Run all pending stages of every cell; return the cells.
 
     A failing cell is recorded as failed (with its one-line error) and the runner goes on with the
-    next cell; the error is raised again at the end so the command exits non-zero.
+    next cell; the error is raised again at the end so the command exits non-zero. The output
+    folder's study lock is held throughout: another runner there makes this one refuse (or, with
+    ``wait``, wait for it).
     """
     from cslrobust.errors import CslRobustError
 
@@ -116,11 +141,15 @@ def run_study(
     main = is_main()
     if not main:  # under torchrun: every rank runs the stages, rank 0 alone talks to the store
         echo = _silent
-    with open_store(spec) if main else contextlib.nullcontext() as opened:
+    with (
+        _study_lock(spec, main, wait, echo) as still_held,
+        open_store(spec) if main else contextlib.nullcontext() as opened,
+    ):
         store = _StoreOnMain(opened)
         for cell in cells:
             store.register_cell(cell, spec.name)
         for i, cell in enumerate(cells, start=1):
+            still_held()
             cfg = cell.config
             label = f"[{i}/{len(cells)}] {cfg.name}"
             done = store.completed_stages(cell.cell_id)
