@@ -9,11 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from cslrobust.errors import CslRobustError
+
+if TYPE_CHECKING:  # the commands import their modules lazily (fast --help)
+    from cslrobust.config import RunConfig
 
 app = typer.Typer(
     add_completion=False,
@@ -63,6 +66,20 @@ def _echo(message: str = "", **kwargs: Any) -> None:
 def _list(text: str | None) -> list[str] | None:
     """``"8/255, 4/255"`` -> ``["8/255", "4/255"]`` (values are validated by the config)."""
     return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _settings(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """A run folder's settings (see ``run_settings``), once the folder is known to be writable.
+
+    The evaluation commands write their records into the run folder; checking it first turns a
+    read-only folder into one line before any model runs.
+    """
+    from cslrobust.records import ensure_writable_dir
+    from cslrobust.study.run_folder import run_settings
+
+    config = run_settings(run_dir, overrides)
+    ensure_writable_dir(run_dir, "run folder")
+    return config
 
 
 def _overrides(set_: list[str] | None, shorthands: dict[str, Any]) -> list[str]:
@@ -163,10 +180,9 @@ def probe_command(
 ) -> None:
     """Fit a linear probe on frozen features; writes probe.json and probe.safetensors."""
     from cslrobust.study.probe import run_probe
-    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
-        config = run_settings(run_dir, _overrides(set_, {"device": device}))
+        config = _settings(run_dir, _overrides(set_, {"device": device}))
         record = run_probe(run_dir, epoch=epoch, config=config, progress=progress)
         line = (
             f"probe (epoch {record['checkpoint_epoch']}): val {record['val_accuracy']:.4f} "
@@ -204,7 +220,6 @@ def attack_command(
 ) -> None:
     """Attack normalise -> backbone -> head in eval mode; writes attack.json."""
     from cslrobust.study.attack import run_attack
-    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
         overrides = _overrides(
@@ -220,7 +235,7 @@ def attack_command(
                 "device": device,
             },
         )
-        record = run_attack(run_dir, config=run_settings(run_dir, overrides), progress=progress)
+        record = run_attack(run_dir, config=_settings(run_dir, overrides), progress=progress)
         _echo(f"{record['name']}: {record['n_images']} test images, head={record['head']}")
         for row in record["results"]:
             _echo(
@@ -251,13 +266,12 @@ def evaluate_command(
     """Trustworthy evaluation with sanity gates; writes evaluation.json and sweep plots."""
     from cslrobust.config import format_linf_radius
     from cslrobust.study.evaluate import run_evaluate
-    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
         overrides = _overrides(
             set_, {"evaluation.suite": suite, "evaluation.n_images": n_images, "device": device}
         )
-        record = run_evaluate(run_dir, config=run_settings(run_dir, overrides), progress=progress)
+        record = run_evaluate(run_dir, config=_settings(run_dir, overrides), progress=progress)
         if record["gates_failed"]:
             _echo(
                 f"!!! {len(record['gates_failed'])} SANITY GATE(S) FAILED: the numbers below are suspect"
@@ -307,11 +321,10 @@ def analyze_command(
 ) -> None:
     """Representation geometry and feature sensitivity; writes analysis.json and PNG plots."""
     from cslrobust.study.analyze import run_analyze
-    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
         overrides = _overrides(set_, {"geometry.n_images": n_images, "device": device})
-        config = run_settings(run_dir, overrides)
+        config = _settings(run_dir, overrides)
         record = run_analyze(run_dir, config=config, progress=progress, tsne=tsne)
         m = record["metrics"]
         keys = [

@@ -9,7 +9,14 @@ from typing import Any
 from cslrobust.attacks import default_step_size, robust_accuracy
 from cslrobust.config import RunConfig, format_linf_radius, section_identity
 from cslrobust.provenance import provenance
-from cslrobust.study.run_folder import ATTACK_FILE, load_probed_run, publish, tagged, test_subset
+from cslrobust.study.run_folder import (
+    ATTACK_FILE,
+    checked_count,
+    load_probed_run,
+    publish,
+    tagged,
+    test_subset,
+)
 from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.study.store import pack_bits
 
@@ -36,10 +43,12 @@ def run_attack(
         The record written to ``attack.json``: one row per (attack, norm, eps).
     """
     tic = time.perf_counter()
-    run = load_probed_run(run_dir, tag=tag, config=config)
+    run = load_probed_run(run_dir, tag=tag, config=config, progress=progress)
     cfg, model, dev = run.config, run.model, run.config.device
     att = cfg.attack
-    subset, images, labels = test_subset(run.splits, att.n_images)
+    subset, images, labels = test_subset(
+        run.splits, checked_count(cfg, "attack.n_images", len(run.splits.test))
+    )
     images = images.float().div_(255)  # attacks take [0,1] float images; the data set stores uint8
     rows = []
     budgets = [("linf", e) for e in att.eps_linf] + [("l2", e) for e in att.eps_l2]

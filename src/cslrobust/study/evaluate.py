@@ -37,7 +37,13 @@ from cslrobust.distributed import on_main
 from cslrobust.errors import ConfigError
 from cslrobust.provenance import provenance
 from cslrobust.study.gates import gate_rows
-from cslrobust.study.run_folder import EVALUATION_FILE, load_probed_run, publish, test_subset
+from cslrobust.study.run_folder import (
+    EVALUATION_FILE,
+    checked_count,
+    load_probed_run,
+    publish,
+    test_subset,
+)
 from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.study.store import pack_bits
 
@@ -70,10 +76,12 @@ def run_evaluate(
         The record written to ``evaluation.json``.
     """
     tic = time.perf_counter()
-    run = load_probed_run(run_dir, config=config, head="probe")
+    run = load_probed_run(run_dir, config=config, head="probe", progress=progress)
     cfg, model, dev = run.config, run.model, run.config.device
     ev = cfg.evaluation
-    subset, images, labels = test_subset(run.splits, ev.n_images)
+    subset, images, labels = test_subset(
+        run.splits, checked_count(cfg, "evaluation.n_images", len(run.splits.test))
+    )
     images = images.float().div_(255)
     common = {"seed": cfg.seed, "batch_size": ev.batch_size, "device": dev}
     timings: dict[str, float] = {}
@@ -252,7 +260,9 @@ def _corruptions(
     from cslrobust.data import default_data_root
 
     cfg = run.config
-    subset, images, labels = test_subset(run.splits, ev.corruption_images)
+    subset, images, labels = test_subset(
+        run.splits, checked_count(cfg, "evaluation.corruption_images", len(run.splits.test))
+    )
     images, labels = images.cpu(), labels.cpu()
     names = list(ev.corruptions) if ev.corruptions is not None else list(CORRUPTION_NAMES)
     if tuple(images.shape[-2:]) != (32, 32):

@@ -41,12 +41,11 @@ def run_probe(
         run_dir: A run folder made by the train stage.
         epoch: Probe this epoch's checkpoint (default: the latest).
         config: Probe settings and device (default: the run's saved config).
-        progress: Unused (the probe trains on cached features in seconds).
+        progress: Show progress bars (loading the data; the probe itself trains in seconds).
         tag: Suffix of the written files (see :func:`~cslrobust.study.run_folder.tagged`).
     """
-    del progress
     tic = time.perf_counter()
-    run = load_run(run_dir, epoch=epoch, config=config)
+    run = load_run(run_dir, epoch=epoch, config=config, progress=progress)
     cfg, encoder, splits = run.config, run.encoder, run.splits
     reference = state_snapshot(encoder)
     batch = cfg.probe.batch_size
