@@ -16,6 +16,7 @@ NaN/inf tensors that must never be written into, or evaluated from, a checkpoint
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +52,12 @@ def describe(value: Any) -> str:
         text = repr(value)
         if len(text) > _REPR_LIMIT:
             text = text[: _REPR_LIMIT - 3] + "..."
-        return f"a {type(value).__name__} {text}"
-    return f"a {type(value).__name__}"
+        return f"{_article(type(value).__name__)} {text}"
+    return _article(type(value).__name__)
+
+
+def _article(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def _join(parent: str, key: Any) -> str:
@@ -377,7 +382,10 @@ def load_torch_file(path: Path, *, what: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # Torch warns about unusual pickle protocols: the outcome is reported here instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     # A damaged file can make torch raise almost anything (zip, pickle, struct, EOF, ...): the
     # file is user input, so every failure is reported as one line about the file.
     except Exception as err:

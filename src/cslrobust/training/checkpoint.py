@@ -137,14 +137,34 @@ def load_weights(module: nn.Module, path: Path, *, require_finite: bool = False)
         ) from None
     if require_finite:
         check_finite_weights(tensors, path)
+    problem = _mismatch(module.state_dict(), tensors)
+    if problem:
+        raise CheckpointError(f"weights file {str(path)!r} does not match the model: {problem}")
     try:
         module.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
+    except RuntimeError as err:  # e.g. a dtype that cannot be copied into the parameter
         first = str(err).splitlines()[0]
         raise CheckpointError(
             f"weights file {str(path)!r} does not match the model: {first}"
         ) from None
     return metadata
+
+
+def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """The first difference in names or shapes between a module's state and loaded tensors."""
+    missing = [k for k in expected if k not in found]
+    if missing:
+        return f"tensor {missing[0]!r} is missing ({len(missing)} missing)"
+    unexpected = [k for k in found if k not in expected]
+    if unexpected:
+        return f"tensor {unexpected[0]!r} is not in the model ({len(unexpected)} such)"
+    for name, tensor in expected.items():
+        if found[name].shape != tensor.shape:
+            return (
+                f"tensor {name!r} has shape {tuple(found[name].shape)}, "
+                f"expected {tuple(tensor.shape)}"
+            )
+    return ""
 
 
 def check_finite_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -157,7 +177,7 @@ def check_finite_weights(tensors: dict[str, torch.Tensor], path: Path) -> None:
     if bad:
         raise CheckpointError(
             f"weights file {str(path)!r} holds NaN or inf in {len(bad)} tensor(s), first "
-            f"{bad[0]!r}: training diverged before this checkpoint; retrain with a lower train.lr"
+            f"{bad[0]!r}; refused: non-finite weights cannot be evaluated or trained further"
         )
 
 
