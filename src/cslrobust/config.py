@@ -34,8 +34,9 @@ from pydantic import (
     model_validator,
 )
 
-from cslrobust.errors import ConfigError
-from cslrobust.records import write_json_atomic
+from cslrobust.errors import CheckpointError, ConfigError
+from cslrobust.records import read_json_record, write_json_atomic
+from cslrobust.run_files import Int, Record, Str
 from cslrobust.sections import AugmentSection, ObjectiveSection, Section, describe_errors
 
 if TYPE_CHECKING:  # config imports the registries lazily (layering); this is for annotations only
@@ -742,11 +743,31 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+#: What every saved config holds, in every layout (the sections are validated by ``RunConfig``).
+SAVED_CONFIG = Record(
+    required={
+        "name": Str(),
+        "output_dir": Str(),
+        "seed": Int(),
+        **{section: Record() for section in ("data", "model", "objective", "train")},
+    },
+    optional={
+        "device": Str(),
+        "config_version": Int(),
+        **{
+            section: Record()
+            for section in ("augment", "probe", "attack", "evaluation", "geometry", "gates")
+        },
+    },
+)
+
+
 def load_saved_config(path: Path) -> RunConfig:
     """Load a config saved by :func:`save_config` (any earlier layout is upgraded first).
 
     Raises:
-        ConfigError: If the file is missing or not JSON, or the config is invalid (see
+        ConfigError: If the file is missing, not JSON, lacks a field every saved config has, or the
+            config is invalid (one line naming the file and the key; see
             :func:`upgrade_legacy_config` for the keys of legacy configs that are dropped).
     """
     if not path.is_file():
@@ -754,9 +775,10 @@ def load_saved_config(path: Path) -> RunConfig:
             f"no saved config at {str(path)!r}; expected a run folder made by 'train'"
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"saved config {str(path)!r} is not valid JSON: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"saved config {str(path)!r} must hold a JSON object")
-    return build_run_config(upgrade_legacy_config(upgrade_saved_config(data)))
+        data = read_json_record(path, what="saved config", spec=SAVED_CONFIG)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        return build_run_config(upgrade_legacy_config(upgrade_saved_config(data)))
+    except ConfigError as err:
+        raise ConfigError(f"saved config {str(path)!r}: {err}") from None

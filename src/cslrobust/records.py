@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cslrobust.errors import CheckpointError, ConfigError
+from cslrobust.run_files import Record, Spec, validate
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -27,21 +28,31 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     tmp.replace(path)
 
 
-def read_json_record(path: Path, *, what: str = "record") -> dict[str, Any]:
-    """Read a JSON object written by :func:`write_json_atomic`.
+def read_json_record(
+    path: Path, *, what: str = "record", spec: Spec | None = None
+) -> dict[str, Any]:
+    """Read a JSON object written by :func:`write_json_atomic` and check it against ``spec``.
+
+    Args:
+        path: The file.
+        what: What it is, for the error message (e.g. ``"attack record"``).
+        spec: What this version writes there (see :mod:`cslrobust.run_files`); default: any object.
 
     Raises:
-        CheckpointError: If the file is missing, not JSON, or not an object (one line, naming it).
+        CheckpointError: If the file is missing, not UTF-8 JSON, not an object, or a field does not
+            fit ``spec`` (one line naming the file and the field).
     """
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{what} {str(path)!r} must hold a JSON object")
-    return data
+        reason = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+        raise CheckpointError(f"{what} {str(path)!r} is not valid JSON: {reason}") from None
+    except OSError as err:
+        raise CheckpointError(f"{what} {str(path)!r} cannot be read: {err.strerror}") from None
+    validate(data, spec or Record(), path, what=what)
+    return dict(data)
 
 
 def ensure_writable_dir(path: Path, what: str = "output folder") -> Path:

@@ -9,6 +9,7 @@ from typing import Any
 from cslrobust.attacks import default_step_size, robust_accuracy
 from cslrobust.config import RunConfig, format_linf_radius, section_identity
 from cslrobust.provenance import provenance
+from cslrobust.run_files import Float, Int, ListOf, Record, Str
 from cslrobust.study.run_folder import (
     ATTACK_FILE,
     checked_count,
@@ -19,6 +20,24 @@ from cslrobust.study.run_folder import (
 )
 from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.study.store import pack_bits
+
+#: What later stages read back from ``attack.json`` (the gates stage: its result rows).
+ATTACK_RECORD = Record(
+    required={
+        "results": ListOf(
+            Record(
+                required={
+                    "attack": Str(),
+                    "norm": Str(),
+                    "eps": Float(),
+                    "clean_accuracy": Float(),
+                    "robust_accuracy": Float(),
+                    "n": Int(minimum=0),
+                }
+            )
+        ),
+    }
+)
 
 
 def run_attack(

@@ -29,6 +29,7 @@ from cslrobust.config import RunConfig, section_identity
 from cslrobust.errors import CheckpointError
 from cslrobust.provenance import provenance
 from cslrobust.records import read_json_record
+from cslrobust.study.attack import ATTACK_RECORD
 from cslrobust.study.run_folder import (
     ATTACK_FILE,
     GATES_FILE,
@@ -110,7 +111,7 @@ def run_gates_stage(
     attack_path = run_dir / ATTACK_FILE
     if not attack_path.is_file():
         raise CheckpointError(f"run folder {str(run_dir)!r} has no attack.json; run 'attack' first")
-    record = read_json_record(attack_path, what="attack record")
+    record = read_json_record(attack_path, what="attack record", spec=ATTACK_RECORD)
     points = [
         AccuracyRow(
             r["attack"], r["norm"], r["eps"], r["clean_accuracy"], r["robust_accuracy"], r["n"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.models import Classifier, Encoder, build_encoder
 from cslrobust.objectives import HeadKind
 from cslrobust.records import write_json_atomic
+from cslrobust.run_files import Choice, IntText, Record, Str
 from cslrobust.seeding import make_generator
 from cslrobust.study.stages import evaluation_sections
 from cslrobust.training import Checkpoint, find_checkpoint, latest_checkpoint, load_weights
@@ -48,6 +49,20 @@ ANALYSIS_FILE = "analysis.json"
 EVALUATION_FILE = "evaluation.json"
 GATES_FILE = "gates.json"
 CHECKPOINT_DIR = "checkpoints"
+
+#: The header the train stage writes into each checkpoint's weights (every key optional: older runs).
+WEIGHTS_HEADER = Record(
+    optional={
+        "head_kind": Choice(get_args(HeadKind)),
+        "feature_dim": IntText(minimum=1),
+        "n_views": IntText(minimum=1),
+        "epoch": IntText(minimum=1),
+        "run_id": Str(),
+        "config": Str(),
+    }
+)
+#: The header of ``probe.safetensors``: the epoch of the checkpoint the probe was fitted on.
+PROBE_HEADER = Record(optional={"checkpoint_epoch": IntText(minimum=0)})
 
 
 def tagged(name: str, tag: str) -> str:
@@ -157,7 +172,7 @@ def _settings(run_dir: Path, config: RunConfig | None) -> RunConfig:
 def head_kind_of(cfg: RunConfig, metadata: dict[str, str]) -> HeadKind:
     """The trained head's kind: from the weights' header, else (older runs) the objective's section.
 
-    A recorded value that is no head kind is reported by ``build_encoder``.
+    The recorded value is checked by :data:`WEIGHTS_HEADER` when the header is read.
     """
     if "head_kind" in metadata:
         return cast(HeadKind, metadata["head_kind"])
@@ -192,7 +207,8 @@ def load_run(
 
     Raises:
         ConfigError: If ``run_dir`` holds no saved config, or ``config`` is another run's.
-        CheckpointError: If it holds no (matching) checkpoint.
+        CheckpointError: If it holds no (matching) checkpoint, its header is damaged, or its
+            weights hold NaN or inf (a diverged run is never evaluated).
     """
     cfg = on_this_process(_settings(run_dir, config))
     root = run_dir / CHECKPOINT_DIR
@@ -200,16 +216,16 @@ def load_run(
     if checkpoint is None:
         raise CheckpointError(f"run folder {str(run_dir)!r} has no checkpoint; run 'train' first")
     splits = load_data(cfg, progress=progress)
-    metadata = read_metadata(checkpoint.model_file)
+    metadata = read_metadata(checkpoint.model_file, WEIGHTS_HEADER)
     head_kind = head_kind_of(cfg, metadata)
     encoder = build_run_encoder(cfg, splits, head_kind)
     recorded_dim = metadata.get("feature_dim")  # absent in checkpoints of older runs
-    if recorded_dim is not None and recorded_dim != str(encoder.feature_dim):
+    if recorded_dim is not None and int(recorded_dim) != encoder.feature_dim:
         raise CheckpointError(
             f"checkpoint {str(checkpoint.model_file)!r} has feature_dim={recorded_dim}, "
             f"the config builds {encoder.feature_dim}; expected the run's own config"
         )
-    load_weights(encoder, checkpoint.model_file)
+    load_weights(encoder, checkpoint.model_file, require_finite=True)
     encoder.eval()
     return LoadedRun(cfg, encoder, checkpoint, splits, head_kind)
 
@@ -242,7 +258,7 @@ def load_probed_run(
     probe_path = run_dir / tagged(PROBE_WEIGHTS, tag)
     if not probe_path.is_file():
         raise CheckpointError(f"run folder {str(run_dir)!r} has no probe; run 'probe' first")
-    epoch = int(read_metadata(probe_path).get("checkpoint_epoch", "0")) or None
+    epoch = int(read_metadata(probe_path, PROBE_HEADER).get("checkpoint_epoch", "0")) or None
     run = load_run(run_dir, epoch=epoch, config=config, progress=progress)
     cfg, encoder = run.config, run.encoder
     if (head or cfg.attack.head) == "own":
@@ -253,7 +269,7 @@ def load_probed_run(
         module: nn.Module = encoder.head
     else:
         module = nn.Linear(encoder.feature_dim, run.splits.num_classes)
-        load_weights(module, probe_path)
+        load_weights(module, probe_path, require_finite=True)
     module = module.to(cfg.device)
     model = Classifier(encoder, module).to(cfg.device).eval()
     return ProbedRun(cfg, encoder, run.checkpoint, run.splits, run.head_kind, module, model)
