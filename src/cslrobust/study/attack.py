@@ -21,7 +21,8 @@ from cslrobust.study.run_folder import (
 from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.study.store import pack_bits
 
-#: What later stages read back from ``attack.json`` (the gates stage: its result rows).
+#: What is read back from ``attack.json``: the gates stage's result rows, and every field of
+#: :func:`attack_rows` (the trajectory stage reuses a checkpoint's record).
 ATTACK_RECORD = Record(
     required={
         "results": ListOf(
@@ -32,10 +33,15 @@ ATTACK_RECORD = Record(
                     "eps": Float(),
                     "clean_accuracy": Float(),
                     "robust_accuracy": Float(),
+                    "attack_success_rate": Float(),
                     "n": Int(minimum=0),
-                }
+                    "steps": Int(minimum=0),
+                    "restarts": Int(minimum=0),
+                },
+                optional={"clean_correct_bits": Str(), "robust_correct_bits": Str()},
             )
         ),
+        "checkpoint_epoch": Int(minimum=0),
     }
 )
 
