@@ -364,10 +364,17 @@ def _duplicate_line(text: str, rng: random.Random) -> str:
 def _duplicate_flow_key(text: str, rng: random.Random) -> str:
     """A duplicate key inside a flow mapping, e.g. ``{name: supervised, name: simclr}``."""
     lines = text.splitlines()
-    flows = [i for i, line in enumerate(lines) if "{" in line and ":" in line.split("{", 1)[1]]
+    def first_item(line: str) -> str:
+        return line.split("{", 1)[1].split(",")[0].rstrip("}").strip()
+
+    flows = [
+        i
+        for i, line in enumerate(lines)
+        if "{" in line and ":" in first_item(line) and not set("[]{}") & set(first_item(line))
+    ]
     i = rng.choice(flows)
     head, body = lines[i].split("{", 1)
-    first = body.split(",")[0].rstrip("}").strip()
+    first = first_item(lines[i])
     lines[i] = f"{head}{{{first}, {body}"
     return "\n".join(lines) + "\n"
 
