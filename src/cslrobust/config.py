@@ -216,6 +216,8 @@ class AttackConfig(Section):
                 f"restarts={self.restarts} without random_start repeats the same attack; "
                 "expected random_start: true or restarts: 1"
             )
+        if not self.eps_linf and not self.eps_l2:
+            raise ValueError("eps_linf and eps_l2 are both empty; expected at least one radius")
         return self
 
     @field_validator("attacks")

@@ -12,13 +12,46 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer._click.exceptions import ClickException  # typer >= 0.24 vendors click here
+from typer.core import TyperGroup
 
 from cslrobust.errors import CslRobustError
 
 if TYPE_CHECKING:  # the commands import their modules lazily (fast --help)
     from cslrobust.config import RunConfig
 
+
+class _OneLineErrors(TyperGroup):
+    """The command group whose usage errors (bad flag, missing argument, unknown command) are one line.
+
+    Click prints usage errors as a usage block plus a boxed message; here they print as
+    ``error: <message> (see 'cslrobust train --help')`` on stderr with exit code 2, like every
+    other user error of the tool.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # noqa: D102
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as err:
+            message = " ".join(err.format_message().split())
+            context = getattr(err, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            typer.echo(f"error: {message}{hint}", err=True)
+            if not standalone_mode:
+                raise
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            if not standalone_mode:
+                raise
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
