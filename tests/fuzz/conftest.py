@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.study.conftest import make_archive
 from typer.testing import CliRunner
 
 from cslrobust.cli.main import app
-from tests.study.conftest import make_archive
 
 RUN_CONFIG = """
 name: run
@@ -82,12 +82,19 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
 
 
 def copy_pristine(pristine: Pristine, dest: Path) -> Pristine:
-    """A private copy of the pristine folders (paths inside the YAML files rewritten)."""
+    """A private copy of the pristine folders.
+
+    The run config's ``output_dir`` is pointed at the copy; data sources keep pointing at the
+    pristine archive, since the source path is part of every run id.
+    """
     shutil.copytree(pristine.root, dest)
     config_yaml = dest / pristine.config_yaml.relative_to(pristine.root)
-    config_yaml.write_text(config_yaml.read_text().replace(str(pristine.root), str(dest)))
-    study_yaml = dest / pristine.study_yaml.relative_to(pristine.root)
-    study_yaml.write_text(study_yaml.read_text().replace(str(pristine.root), str(dest)))
+    config_yaml.write_text(
+        config_yaml.read_text().replace(
+            f"output_dir: {pristine.root / 'runs'}", f"output_dir: {dest / 'runs'}"
+        )
+    )
+    study_yaml = dest / pristine.study_yaml.relative_to(pristine.root)  # its output_dir is relative
     return Pristine(
         dest,
         dest / pristine.archive.relative_to(pristine.root),

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
@@ -34,11 +34,10 @@ from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.models import Classifier, Encoder, build_encoder
 from cslrobust.objectives import HeadKind
 from cslrobust.records import write_json_atomic
-from cslrobust.run_files import Choice, IntText, Record, Str
 from cslrobust.seeding import make_generator
 from cslrobust.study.stages import evaluation_sections
 from cslrobust.training import Checkpoint, find_checkpoint, latest_checkpoint, load_weights
-from cslrobust.training.checkpoint import read_metadata
+from cslrobust.training.checkpoint import PROBE_HEADER, WEIGHTS_HEADER, read_metadata
 
 CONFIG_FILE = "config.json"
 TRAIN_FILE = "train.json"
@@ -49,20 +48,6 @@ ANALYSIS_FILE = "analysis.json"
 EVALUATION_FILE = "evaluation.json"
 GATES_FILE = "gates.json"
 CHECKPOINT_DIR = "checkpoints"
-
-#: The header the train stage writes into each checkpoint's weights (every key optional: older runs).
-WEIGHTS_HEADER = Record(
-    optional={
-        "head_kind": Choice(get_args(HeadKind)),
-        "feature_dim": IntText(minimum=1),
-        "n_views": IntText(minimum=1),
-        "epoch": IntText(minimum=1),
-        "run_id": Str(),
-        "config": Str(),
-    }
-)
-#: The header of ``probe.safetensors``: the epoch of the checkpoint the probe was fitted on.
-PROBE_HEADER = Record(optional={"checkpoint_epoch": IntText(minimum=0)})
 
 
 def tagged(name: str, tag: str) -> str:
@@ -225,7 +210,7 @@ def load_run(
             f"checkpoint {str(checkpoint.model_file)!r} has feature_dim={recorded_dim}, "
             f"the config builds {encoder.feature_dim}; expected the run's own config"
         )
-    load_weights(encoder, checkpoint.model_file, require_finite=True)
+    load_weights(encoder, checkpoint.model_file, require_finite=True, header=WEIGHTS_HEADER)
     encoder.eval()
     return LoadedRun(cfg, encoder, checkpoint, splits, head_kind)
 
@@ -269,7 +254,7 @@ def load_probed_run(
         module: nn.Module = encoder.head
     else:
         module = nn.Linear(encoder.feature_dim, run.splits.num_classes)
-        load_weights(module, probe_path, require_finite=True)
+        load_weights(module, probe_path, require_finite=True, header=PROBE_HEADER)
     module = module.to(cfg.device)
     model = Classifier(encoder, module).to(cfg.device).eval()
     return ProbedRun(cfg, encoder, run.checkpoint, run.splits, run.head_kind, module, model)

@@ -123,8 +123,10 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     }
     # config.json is written only once the data loaded and the setup checks passed, and removed
     # again if this call wrote it and training ends without a checkpoint: a failed start never
-    # blocks the run's name.
-    on_main(lambda: save_config(cfg, config_path))
+    # blocks the run's name. A resumed run keeps the config.json it has (same run id, checked
+    # above): nothing already written is rewritten.
+    if fresh:
+        on_main(lambda: save_config(cfg, config_path))
     with _forget_config_on_failure(config_path, checkpoint_dir, fresh=fresh and main):
         with contextlib.ExitStack() as stack:
             log = (

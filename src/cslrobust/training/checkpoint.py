@@ -17,7 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from safetensors import SafetensorError
@@ -29,14 +29,17 @@ from cslrobust.records import read_json_record, write_json_atomic
 from cslrobust.run_files import (
     AnyOf,
     Bool,
+    Choice,
     Float,
     Int,
+    IntText,
     ListOf,
     MapOf,
     Mismatch,
     Nullable,
     Record,
     Spec,
+    Str,
     TensorOf,
     describe,
     field_error,
@@ -45,6 +48,7 @@ from cslrobust.run_files import (
     non_finite_tensors,
     validate,
 )
+from cslrobust.sections import HeadKind
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -54,6 +58,20 @@ _EPOCH_DIR = re.compile(r"epoch-(\d+)")
 
 #: What ``meta.json`` holds (provenance keys besides these are free-form).
 CHECKPOINT_META = Record(required={"epoch": Int(minimum=1)}, optional={"metrics": MapOf(Float())})
+
+#: The header of a checkpoint's ``model.safetensors`` (fields older checkpoints lack are optional).
+WEIGHTS_HEADER = Record(
+    optional={
+        "head_kind": Choice(get_args(HeadKind)),
+        "feature_dim": IntText(minimum=1),
+        "n_views": IntText(minimum=1),
+        "epoch": IntText(minimum=1),
+        "run_id": Str(),
+        "config": Str(),
+    }
+)
+#: The header of ``probe.safetensors``: the epoch of the checkpoint the probe was fitted on.
+PROBE_HEADER = Record(optional={"checkpoint_epoch": IntText(minimum=0)})
 
 #: What ``state.pt`` holds; tensor shapes are checked against the optimiser by
 #: :func:`check_optimizer_state`. ``history`` and ``objective`` were absent in early versions.
@@ -113,17 +131,20 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
     tmp.replace(path)
 
 
-def load_weights(module: nn.Module, path: Path, *, require_finite: bool = False) -> dict[str, str]:
+def load_weights(
+    module: nn.Module, path: Path, *, require_finite: bool = False, header: Spec | None = None
+) -> dict[str, str]:
     """Load safetensors weights into ``module`` (strict) and return the file's metadata.
 
     Args:
         module: The module to load into.
         path: The safetensors file.
         require_finite: Refuse weights holding NaN or inf (checked before ``module`` is touched).
+        header: What the header's metadata must hold (e.g. :data:`WEIGHTS_HEADER`).
 
     Raises:
-        CheckpointError: If the file is missing, corrupt, its keys/shapes do not match the module,
-            or (``require_finite``) a tensor holds NaN or inf.
+        CheckpointError: If the file is missing, corrupt, its header does not fit ``header``, its
+            keys/shapes do not match the module, or (``require_finite``) a tensor holds NaN or inf.
     """
     if not path.is_file():
         raise CheckpointError(f"weights file {str(path)!r} does not exist")
@@ -135,6 +156,7 @@ def load_weights(module: nn.Module, path: Path, *, require_finite: bool = False)
         raise CheckpointError(
             f"weights file {str(path)!r} is not valid safetensors: {err}"
         ) from None
+    validate(metadata, header or Record(), path, what="weights header")
     if require_finite:
         check_finite_weights(tensors, path)
     problem = _mismatch(module.state_dict(), tensors)

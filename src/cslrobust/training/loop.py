@@ -44,6 +44,7 @@ from cslrobust.provenance import provenance
 from cslrobust.run_files import field_error
 from cslrobust.seeding import derive_seed, make_generator, rng_scope
 from cslrobust.training.checkpoint import (
+    WEIGHTS_HEADER,
     Checkpoint,
     check_optimizer_state,
     latest_checkpoint,
@@ -224,7 +225,7 @@ def _resume(
     Raises:
         CheckpointError: If a file is damaged, unsafe, non-finite or does not fit (one line).
     """
-    load_weights(model, last.model_file, require_finite=True)
+    load_weights(model, last.model_file, require_finite=True, header=WEIGHTS_HEADER)
     state = load_state(last)
     path = last.state_file
     check_optimizer_state(state["optimizer"], optimizer, path)
