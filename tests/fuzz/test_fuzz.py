@@ -94,7 +94,7 @@ def _garbage(path: Path, rng: random.Random) -> None:
     data = bytearray(path.read_bytes())
     start = rng.randrange(0, max(1, min(len(data), 64)))
     for i in range(start, min(len(data), start + rng.randint(4, 32))):
-        data[i] = rng.choice(b"\x00\xff\xfe\x80{[\"")
+        data[i] = rng.choice(b'\x00\xff\xfe\x80{["')
     path.write_bytes(bytes(data))
 
 
@@ -358,6 +358,7 @@ def _duplicate_line(text: str, rng: random.Random) -> str:
 def _duplicate_flow_key(text: str, rng: random.Random) -> str:
     """A duplicate key inside a flow mapping, e.g. ``{name: supervised, name: simclr}``."""
     lines = text.splitlines()
+
     def first_item(line: str) -> str:
         return line.split("{", 1)[1].split(",")[0].rstrip("}").strip()
 
@@ -525,21 +526,35 @@ def _flag_cases(rng: random.Random) -> list[Case]:
         cases.append(
             _flag_case(
                 f"device-{device}-study",
-                lambda p, d=device: ["study", "run", str(p.study_yaml), "--set", f"base.device={d}"],
+                lambda p, d=device: [
+                    "study",
+                    "run",
+                    str(p.study_yaml),
+                    "--set",
+                    f"base.device={d}",
+                ],
             )
         )
     for n in ("100000", "0", "-5", "many"):
         for command in ("attack", "analyze", "evaluate"):
             cases.append(
                 _flag_case(
-                    f"n-images-{n}-{command}", lambda p, c=command, n=n: [c, run(p), "--n-images", n]
+                    f"n-images-{n}-{command}",
+                    lambda p, c=command, n=n: [c, run(p), "--n-images", n],
                 )
             )
     for eps in ("abc", "300/255", "-1/255", "1/0", "2", ""):
         cases.append(
             _flag_case(f"eps-{eps or 'empty'}", lambda p, e=eps: ["attack", run(p), "--eps", e])
         )
-    for setting in ("train.lr", "=3", "train..lr=3", "attack.steps=[", "nope.key=1", "attack.n_images=x"):
+    for setting in (
+        "train.lr",
+        "=3",
+        "train..lr=3",
+        "attack.steps=[",
+        "nope.key=1",
+        "attack.n_images=x",
+    ):
         cases.append(
             _flag_case(f"set-{setting}", lambda p, s=setting: ["attack", run(p), "--set", s])
         )
@@ -611,7 +626,9 @@ def test_bad_input_gives_one_line_and_changes_nothing(
 
     result = CliRunner().invoke(app, [*argv])
 
-    detail = f"{argv}\nstdout: {result.stdout}\nstderr: {result.stderr}\nexception: {result.exception!r}"
+    detail = (
+        f"{argv}\nstdout: {result.stdout}\nstderr: {result.stderr}\nexception: {result.exception!r}"
+    )
     assert result.exit_code == 2, detail
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), detail
@@ -621,12 +638,21 @@ def test_bad_input_gives_one_line_and_changes_nothing(
         assert case.names in lines[0], detail
     assert not (copy.root / MARKER).exists(), "a pickle payload ran"
     after = _snapshot(copy.root)
-    changed = [str(p.relative_to(copy.root)) for p, digest in before.items() if after.get(p) != digest]
+    changed = [
+        str(p.relative_to(copy.root)) for p, digest in before.items() if after.get(p) != digest
+    ]
     assert not changed, f"files changed or removed: {changed}\n{detail}"
 
 
 def test_cases_cover_every_category_and_are_numerous() -> None:
     prefixes = {c.id.split("-")[0] for c in CASES}
-    for expected in ("config.json", "model.safetensors", "state.pt", "probe.safetensors", "study.yaml", "flag"):
+    for expected in (
+        "config.json",
+        "model.safetensors",
+        "state.pt",
+        "probe.safetensors",
+        "study.yaml",
+        "flag",
+    ):
         assert expected in prefixes
     assert len(CASES) >= 200
