@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,17 @@ def cifar10_jpeg() -> Path:
     if not path.is_file():
         pytest.skip(f"offline CIFAR-10 archive not found at {path}")
     return path
+
+
+def permissions_ignored() -> bool:
+    """Whether this process writes into a read-only folder anyway (root with CAP_DAC_OVERRIDE)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "ro"
+        folder.mkdir(mode=0o555)
+        try:
+            (folder / "probe").touch()
+        except PermissionError:
+            return False
+        finally:
+            folder.chmod(0o755)
+        return True

@@ -1,10 +1,10 @@
 """Issue 17 (items 2, 3): output locations, YAML files, devices and image counts give one line."""
 
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import permissions_ignored
 from typer.testing import CliRunner
 
 from cslrobust.cli.main import app
@@ -17,22 +17,8 @@ from cslrobust.study.run_folder import checked_count, on_this_process, run_setti
 runner = CliRunner()
 
 
-def _permissions_ignored() -> bool:
-    """Whether this process writes into a read-only folder anyway (root with CAP_DAC_OVERRIDE)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "ro"
-        folder.mkdir(mode=0o555)
-        try:
-            (folder / "probe").touch()
-        except PermissionError:
-            return False
-        finally:
-            folder.chmod(0o755)
-        return True
-
-
 SKIP_ROOT = pytest.mark.skipif(
-    _permissions_ignored(), reason="this process ignores permission bits (root)"
+    permissions_ignored(), reason="this process ignores permission bits (root)"
 )
 
 

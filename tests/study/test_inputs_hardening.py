@@ -3,10 +3,10 @@
 import re
 import shutil
 import sqlite3
-import tempfile
 from pathlib import Path
 
 import pytest
+from tests.conftest import permissions_ignored
 from typer.testing import CliRunner
 
 from cslrobust.cli.main import app
@@ -26,20 +26,6 @@ objective: {{name: supervised}}
 train: {{epochs: 1, batch_size: 32, tensorboard: false, log_every: 1}}
 probe: {{epochs: 2, batch_size: 32}}
 """
-
-
-def _permissions_ignored() -> bool:
-    """Whether this process writes into a read-only folder anyway (root with CAP_DAC_OVERRIDE)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "ro"
-        folder.mkdir(mode=0o555)
-        try:
-            (folder / "probe").touch()
-        except PermissionError:
-            return False
-        finally:
-            folder.chmod(0o755)
-        return True
 
 
 def one_line_error(args: list[str]) -> str:
@@ -101,7 +87,7 @@ def test_study_report_refuses_a_report_path_that_is_a_file(study: Path, tmp_path
     assert (tmp_path / "report").read_text() == "keep"
 
 
-@pytest.mark.skipif(_permissions_ignored(), reason="this process ignores permission bits (root)")
+@pytest.mark.skipif(permissions_ignored(), reason="this process ignores permission bits (root)")
 def test_study_run_refuses_a_read_only_output_folder(study: Path, tmp_path: Path):
     out = tmp_path / "out"
     out.mkdir()

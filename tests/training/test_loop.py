@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.training.conftest import toy_setup
 
 from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
 from cslrobust.errors import TrainingDivergedError
-from cslrobust.models import build_encoder
-from cslrobust.objectives import OBJECTIVES, LossOutput, Objective, build_objective
-from cslrobust.training import LoopSettings, build_sgd, latest_checkpoint, train, warmup_cosine
+from cslrobust.objectives import OBJECTIVES, LossOutput, Objective
+from cslrobust.training import LoopSettings, latest_checkpoint, train, warmup_cosine
 
 
 def _data(n: int = 48) -> TensorImageDataset:
@@ -22,20 +22,7 @@ def _data(n: int = 48) -> TensorImageDataset:
 
 
 def _setup(objective_name: str, seed: int = 0):
-    torch.manual_seed(seed)
-    objective = build_objective(OBJECTIVES.section(objective_name))
-    encoder = build_encoder(
-        "resnet18",
-        width=4,
-        head_kind=objective.head_kind,
-        num_classes=4,
-        proj_hidden_dim=16,
-        proj_dim=8,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-    )
-    optimizer = build_sgd(encoder, lr=0.05, momentum=0.9, weight_decay=5e-4)
-    return objective, encoder, optimizer
+    return toy_setup(objective_name, seed=seed)
 
 
 def _run(tmp: Path, objective_name: str, epochs: int, *, resume=False, hooks=(), setup=None):

@@ -6,32 +6,20 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tests.training.conftest import toy_setup
 
 from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
 from cslrobust.errors import CheckpointError, TrainingDivergedError
-from cslrobust.models import build_encoder
-from cslrobust.objectives import OBJECTIVES, LossOutput, Objective, build_objective
-from cslrobust.training import LoopSettings, build_sgd, list_checkpoints, train, warmup_cosine
+from cslrobust.objectives import LossOutput, Objective
+from cslrobust.training import LoopSettings, list_checkpoints, train, warmup_cosine
 from cslrobust.training.checkpoint import save_checkpoint
 
 STEPS_PER_EPOCH = 2  # 32 images, batch 16
 
 
 def _setup(lr: float):
-    torch.manual_seed(0)
-    objective = build_objective(OBJECTIVES.section("supervised"))
-    encoder = build_encoder(
-        "resnet18",
-        width=4,
-        head_kind=objective.head_kind,
-        num_classes=4,
-        proj_hidden_dim=16,
-        proj_dim=8,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-    )
-    return objective, encoder, build_sgd(encoder, lr=lr, momentum=0.9, weight_decay=5e-4)
+    return toy_setup("supervised", lr=lr)
 
 
 def _train(tmp: Path, epochs: int, *, lr: float = 0.05, objective=None, resume=False, setup=None):

@@ -75,9 +75,9 @@ def _show(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
     """Whether a process with this pid exists on this host (one of another user counts)."""
-    if pid <= 0:
+    if not pid or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -112,7 +112,7 @@ class LockHolder:
 
     def gone(self, stale_s: float) -> str | None:
         """Why the holder is gone (its lock is stale), or None while it may still be running."""
-        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+        if self.host == socket.gethostname() and not pid_alive(self.pid):
             return f"process {self.pid} no longer exists"
         age = self.heartbeat_age()
         return f"no heartbeat for {age:.0f} s" if age > stale_s else None

@@ -35,6 +35,7 @@ import numpy as np
 
 from cslrobust.errors import ConfigError
 from cslrobust.records import ensure_writable_dir
+from cslrobust.study.lock import pid_alive
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -245,7 +246,7 @@ class ResultsStore:
             if len(finished) == len(keys):
                 state = "done"
             elif row["status"] == "running":
-                alive = row["host"] != host or _pid_alive(row["pid"])
+                alive = row["host"] != host or pid_alive(row["pid"])
                 state = "running" if alive else "interrupted"
             elif row["status"] == "failed":
                 state = "failed"
@@ -352,18 +353,6 @@ class ResultsStore:
     def count_rows(self) -> int:
         """Number of result rows."""
         return int(self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0])
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def pack_bits(mask: Any) -> str:
