@@ -415,7 +415,7 @@ def test_legacy_config_with_a_changed_unused_key_is_rejected(
     path.write_text(json.dumps(data))
     with pytest.raises(ConfigError) as info:
         load_saved_config(path)
-    assert str(info.value) == f"invalid config: {message}"
+    assert str(info.value) == f"saved config {str(path)!r}: invalid config: {message}"
 
 
 def test_legacy_config_with_a_changed_unused_detector_key_is_rejected(tmp_path: Path) -> None:
@@ -427,6 +427,7 @@ def test_legacy_config_with_a_changed_unused_detector_key_is_rejected(tmp_path: 
     with pytest.raises(ConfigError) as info:
         load_saved_config(path)
     assert str(info.value) == (
+        f"saved config {str(path)!r}: "
         "invalid config: objective.fn.n_clusters is not a parameter of detector 'topk'"
     )
     data["objective"] = {**data["objective"], "name": "supcon"}

@@ -10,7 +10,16 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "cslrobust"
 # sections (the config-section base classes) imports nothing and may be imported everywhere.
-FOUNDATION = {"errors", "registry", "sections", "seeding", "provenance", "distributed", "records"}
+FOUNDATION = {
+    "errors",
+    "registry",
+    "sections",
+    "seeding",
+    "provenance",
+    "distributed",
+    "records",
+    "run_files",
+}
 ALLOWED: dict[str, set[str]] = {
     "errors": {"sections"},
     "sections": set(),
@@ -18,8 +27,9 @@ ALLOWED: dict[str, set[str]] = {
     "seeding": {"sections"},
     "provenance": {"sections"},
     "distributed": {"errors", "sections"},
-    "records": {"errors", "sections"},
-    "config": {"errors", "sections", "records"},
+    "run_files": {"errors", "sections"},
+    "records": {"errors", "sections", "run_files"},
+    "config": {"errors", "sections", "records", "run_files"},
     "data": {"errors", "registry", "sections", "seeding"},
     "augment": {"errors", "registry", "sections"},
     "models": {"errors", "registry", "sections"},

@@ -34,8 +34,9 @@ from pydantic import (
     model_validator,
 )
 
-from cslrobust.errors import ConfigError
-from cslrobust.records import write_json_atomic
+from cslrobust.errors import CheckpointError, ConfigError
+from cslrobust.records import read_json_record, write_json_atomic
+from cslrobust.run_files import Int, Record, Str
 from cslrobust.sections import AugmentSection, ObjectiveSection, Section, describe_errors
 
 if TYPE_CHECKING:  # config imports the registries lazily (layering); this is for annotations only
@@ -226,6 +227,8 @@ class AttackConfig(Section):
                 f"restarts={self.restarts} without random_start repeats the same attack; "
                 "expected random_start: true or restarts: 1"
             )
+        if not self.eps_linf and not self.eps_l2:
+            raise ValueError("eps_linf and eps_l2 are both empty; expected at least one radius")
         return self
 
     @field_validator("attacks")
@@ -553,17 +556,68 @@ def format_validation_error(error: ValidationError) -> str:
     return "invalid config: " + describe_errors(error)
 
 
+class DuplicateKeyError(yaml.YAMLError):  # type: ignore[misc]  # (no PyYAML stubs)
+    """A YAML mapping names the same key twice (the later one would silently win)."""
+
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(f"line {line}: duplicate key {key!r}")
+        self.key = key
+        self.line = line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # (no PyYAML stubs)
+    """``yaml.SafeLoader`` that refuses a key repeated in any mapping.
+
+    Keys brought in by a merge key (``<<``) may still be overridden, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        """The mapping of ``node``.
+
+        Raises:
+            DuplicateKeyError: If it names a key twice (the error carries the key and its line).
+        """
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, key_node.start_mark.line + 1)
+                    seen.add(key)
+                except TypeError:  # unhashable key: reported by the base class
+                    continue
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text with :class:`UniqueKeyLoader` (safe: plain data types only).
+
+    Raises:
+        DuplicateKeyError: If a mapping repeats a key.
+        yaml.YAMLError: If the text is not YAML.
+    """
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse ``a.b.c=value`` into a key path and a YAML-typed value.
 
+    A value that is not YAML is taken as a plain string.
+
     Raises:
-        ConfigError: If ``text`` has no ``=`` or an empty key.
+        ConfigError: If ``text`` has no ``=`` or an empty key, or its value is a mapping that repeats
+            a key.
     """
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw) if raw.strip() else None
+    except DuplicateKeyError as err:
+        raise ConfigError(f"override {text!r}: duplicate key {err.key!r}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value
@@ -584,26 +638,49 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return result
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping from ``path``.
+def read_yaml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """Read a YAML mapping from a UTF-8 file.
+
+    Args:
+        path: The file.
+        what: How messages name it (``"config file"``, ``"study file"``).
 
     Raises:
-        ConfigError: If the file is missing, not YAML, or not a mapping.
+        ConfigError: If the file is missing or unreadable, not UTF-8, not YAML, repeats a key in
+            any mapping, or does not hold a mapping (one line naming the file, and the line or
+            byte offset where known).
     """
+    name = f"{what} {str(path)!r}"
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"{name} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(f"{name} cannot be read: {(err.strerror or str(err)).lower()}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{name} is not UTF-8 text: byte 0x{err.object[err.start]:02x} at offset {err.start}"
+        ) from None
+    try:
+        data = load_yaml_text(text)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{name} {err}") from None
     except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else "parse error"
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+        raise ConfigError(f"{name} is not valid YAML: {_yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {str(path)!r} must hold a mapping, got {type(data).__name__}"
-        )
+        raise ConfigError(f"{name} must hold a mapping, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``line N: <problem>`` of a parse error (its first line when it carries no position)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}: {problem}"
+    return str(err).splitlines()[0] if str(err) else "parse error"
 
 
 def build_run_config(data: Mapping[str, Any]) -> RunConfig:
@@ -684,11 +761,31 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+#: What every saved config holds, in every layout (the sections are validated by ``RunConfig``).
+SAVED_CONFIG = Record(
+    required={
+        "name": Str(),
+        "output_dir": Str(),
+        "seed": Int(),
+        **{section: Record() for section in ("data", "model", "objective", "train")},
+    },
+    optional={
+        "device": Str(),
+        "config_version": Int(),
+        **{
+            section: Record()
+            for section in ("augment", "probe", "attack", "evaluation", "geometry", "gates")
+        },
+    },
+)
+
+
 def load_saved_config(path: Path) -> RunConfig:
     """Load a config saved by :func:`save_config` (any earlier layout is upgraded first).
 
     Raises:
-        ConfigError: If the file is missing or not JSON, or the config is invalid (see
+        ConfigError: If the file is missing, not JSON, lacks a field every saved config has, or the
+            config is invalid (one line naming the file and the key; see
             :func:`upgrade_legacy_config` for the keys of legacy configs that are dropped).
     """
     if not path.is_file():
@@ -696,9 +793,10 @@ def load_saved_config(path: Path) -> RunConfig:
             f"no saved config at {str(path)!r}; expected a run folder made by 'train'"
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"saved config {str(path)!r} is not valid JSON: {err.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"saved config {str(path)!r} must hold a JSON object")
-    return build_run_config(upgrade_legacy_config(upgrade_saved_config(data)))
+        data = read_json_record(path, what="saved config", spec=SAVED_CONFIG)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        return build_run_config(upgrade_legacy_config(upgrade_saved_config(data)))
+    except ConfigError as err:
+        raise ConfigError(f"saved config {str(path)!r}: {err}") from None

@@ -112,10 +112,11 @@ def init_distributed(device: str, *, timeout_s: float = 1800.0) -> tuple[DistCon
         The context and the device this process must use.
 
     Raises:
-        ConfigError: If torchrun's variables are malformed, or CUDA is asked for but unavailable.
+        ConfigError: If torchrun's variables are malformed, or the device is not available here.
     """
     env = {key: os.environ.get(key) for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     if env["WORLD_SIZE"] is None:
+        check_device_available(device)
         return context(), device
     try:
         world_size = int(env["WORLD_SIZE"])
@@ -128,10 +129,12 @@ def init_distributed(device: str, *, timeout_s: float = 1800.0) -> tuple[DistCon
         ) from None
     kind = torch.device(device).type
     if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} asked for but CUDA is not available")
+        check_device_available(kind)
         device = f"cuda:{local_rank}"
+        check_device_available(device)
         torch.cuda.set_device(device)
+    else:
+        check_device_available(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if kind == "cuda" else "gloo",
@@ -140,6 +143,40 @@ def init_distributed(device: str, *, timeout_s: float = 1800.0) -> tuple[DistCon
             timeout=timedelta(seconds=timeout_s),
         )
     return context(), device
+
+
+def available_devices() -> list[str]:
+    """The devices this machine offers: ``cpu``, then ``cuda:0`` ... ``cuda:N-1``, then ``mps``."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def check_device_available(device: str) -> None:
+    """Refuse a device this machine does not have, before anything is moved to it.
+
+    Checked where a run is about to use its device, not when a config is validated: a config saved
+    on a GPU machine still loads on a CPU machine, where ``--device cpu`` overrides it.
+
+    Raises:
+        ConfigError: If ``device`` is not ``cpu``, an existing ``cuda[:N]`` or an available ``mps``
+            (one line listing the available devices).
+    """
+    parsed = torch.device(device)
+    available = available_devices()
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda" and torch.cuda.is_available():
+        if parsed.index is None or parsed.index < torch.cuda.device_count():
+            return
+    elif parsed.type == "mps" and "mps" in available:
+        return
+    raise ConfigError(
+        f"device {device!r} is not available on this machine; available: {', '.join(available)}"
+    )
 
 
 def shutdown_distributed() -> None:

@@ -56,3 +56,9 @@ def synthetic_study(tmp_path: Path):
         return study
 
     return build
+
+
+@pytest.fixture(scope="session")
+def synthetic_archive(tmp_path_factory) -> Path:
+    """The archive of :func:`make_archive`, written once per session (for module-scoped runs)."""
+    return make_archive(tmp_path_factory.mktemp("synthetic") / "data.tar.gz")

@@ -94,6 +94,8 @@ def test_sigkill_then_rerun_completes_without_duplicates_or_losses(synthetic_stu
             proc.wait()
             kills += 1
     assert kills >= 1, "the runner finished before it could be killed"
+    lock = tmp_path / "out" / ".study.lock"
+    assert lock.is_file(), "a SIGKILLed runner leaves its study lock"
 
     status = subprocess.run(
         [sys.executable, "-m", "cslrobust", "study", "status", str(study)],
@@ -103,9 +105,12 @@ def test_sigkill_then_rerun_completes_without_duplicates_or_losses(synthetic_stu
     )
     assert status.returncode == 0
     assert "interrupted" in status.stdout or "pending" in status.stdout
+    assert "stale lock: study 'synthetic' by pid" in status.stdout
 
     final = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr[-2000:]
+    assert f"took over the stale study lock {lock}" in final.stdout  # the killed runner's lock
+    assert not lock.exists()
     rows = _result_keys(db)
     keys = [r[:-1] for r in rows]
     assert len(keys) == len(set(keys)), "duplicated rows"

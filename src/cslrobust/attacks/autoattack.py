@@ -68,6 +68,17 @@ from cslrobust.attacks.target import AttackTarget, frozen_eval
 from cslrobust.attacks.threat_model import Norm, perturbation_norm, validate_norm
 from cslrobust.distributed import on_main, sharded_batches, sharded_map_objects
 from cslrobust.errors import CheckpointError, ConfigError
+from cslrobust.records import read_json_record
+from cslrobust.run_files import (
+    Float,
+    ListOf,
+    Record,
+    Str,
+    TensorOf,
+    field_error,
+    load_torch_file,
+    validate,
+)
 from cslrobust.seeding import derive_seed, rng_scope
 
 if TYPE_CHECKING:
@@ -83,6 +94,17 @@ _LOGGER_NAME = "auto-attack"  # the logger pyautoattack reports its checks to
 _STATE_FORMAT = 1
 _MANIFEST = "manifest.json"
 _CLEAN = "clean.pt"
+#: The state folder's records, as written by :meth:`_StateFolder.open` and :func:`_attack_batch`.
+_CLEAN_RECORD = Record(required={"clean_correct": TensorOf("bool", ndim=1)})
+_BATCH_RECORD = Record(
+    required={
+        "indices": TensorOf("integer", ndim=1),
+        "fooled": TensorOf("bool", ndim=1),
+        "x_adv": TensorOf("float", ndim=4),
+        "seconds": Float(),
+        "flags": ListOf(Str()),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -413,10 +435,32 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _load(path: Path) -> dict[str, Any]:
-    """Load a state record written by :func:`_atomic_save` (tensors, lists, numbers, strings)."""
-    record: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+def _load(path: Path, spec: Record) -> dict[str, Any]:
+    """Load a state record written by :func:`_atomic_save` (``weights_only``) and check it.
+
+    Raises:
+        CheckpointError: If it is refused as unsafe, damaged, or a field does not fit ``spec``.
+    """
+    what = "AutoAttack state record"
+    record: dict[str, Any] = validate(load_torch_file(path, what=what), spec, path, what=what)
     return record
+
+
+def _check_batch_record(record: dict[str, Any], path: Path, images: Tensor) -> None:
+    """Check that a batch record's tensors agree with each other and with the attacked images."""
+    n, fooled = record["indices"].numel(), record["fooled"]
+    n_fooled = int(fooled.sum())
+    expected = {
+        "fooled": (fooled.numel() == n, f"{n} entries, one per index"),
+        "x_adv": (
+            tuple(record["x_adv"].shape) == (n_fooled, *images.shape[1:]),
+            f"shape {(n_fooled, *images.shape[1:])}, one image per fooled sample",
+        ),
+    }
+    for name, (ok, text) in expected.items():
+        if not ok:
+            got = f"a tensor of shape {tuple(record[name].shape)}"
+            raise field_error("AutoAttack state record", path, name, got, text)
 
 
 class _StateFolder:
@@ -437,7 +481,7 @@ class _StateFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / _MANIFEST
         if path.exists():
-            stored = json.loads(path.read_text())
+            stored = read_json_record(path, what="AutoAttack manifest")
             if stored != manifest:
                 keys = sorted(
                     k for k in set(stored) | set(manifest) if stored.get(k) != manifest.get(k)
@@ -452,7 +496,15 @@ class _StateFolder:
             os.replace(tmp, path)
         clean_path = self.root / _CLEAN
         if clean_path.exists():
-            loaded: Tensor = _load(clean_path)["clean_correct"].bool()
+            loaded: Tensor = _load(clean_path, _CLEAN_RECORD)["clean_correct"]
+            if loaded.shape != clean_correct.shape:
+                raise field_error(
+                    "AutoAttack state record",
+                    clean_path,
+                    "clean_correct",
+                    f"a tensor of shape {tuple(loaded.shape)}",
+                    f"shape {tuple(clean_correct.shape)}, one entry per image",
+                )
             return loaded
         _atomic_save({"clean_correct": clean_correct}, clean_path)
         return clean_correct
@@ -634,7 +686,8 @@ def _run(
         del batch_index
         chunk, path = item
         if path is not None and path.exists():
-            record = _load(path)
+            record = _load(path, _BATCH_RECORD)
+            _check_batch_record(record, path, images)
             if not torch.equal(record["indices"], chunk):
                 raise CheckpointError(
                     f"AutoAttack state record {str(path)!r} attacked other samples than "

@@ -9,13 +9,49 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer._click.exceptions import ClickException  # typer >= 0.24 vendors click here
+from typer.core import TyperGroup
 
 from cslrobust.errors import CslRobustError
 
+if TYPE_CHECKING:  # the commands import their modules lazily (fast --help)
+    from cslrobust.config import RunConfig
+
+
+class _OneLineErrors(TyperGroup):
+    """The command group whose usage errors (bad flag, missing argument, unknown command) are one line.
+
+    Click prints usage errors as a usage block plus a boxed message; here they print as
+    ``error: <message> (see 'cslrobust train --help')`` on stderr with exit code 2, like every
+    other user error of the tool.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:  # noqa: D102
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as err:
+            message = " ".join(err.format_message().split())
+            context = getattr(err, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            typer.echo(f"error: {message}{hint}", err=True)
+            if not standalone_mode:
+                raise
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            if not standalone_mode:
+                raise
+            sys.exit(1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -63,6 +99,20 @@ def _echo(message: str = "", **kwargs: Any) -> None:
 def _list(text: str | None) -> list[str] | None:
     """``"8/255, 4/255"`` -> ``["8/255", "4/255"]`` (values are validated by the config)."""
     return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _settings(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """A run folder's settings (see ``run_settings``), once the folder is known to be writable.
+
+    The evaluation commands write their records into the run folder; checking it first turns a
+    read-only folder into one line before any model runs.
+    """
+    from cslrobust.records import ensure_writable_dir
+    from cslrobust.study.run_folder import run_settings
+
+    config = run_settings(run_dir, overrides)
+    ensure_writable_dir(run_dir, "run folder")
+    return config
 
 
 def _overrides(set_: list[str] | None, shorthands: dict[str, Any]) -> list[str]:
@@ -163,10 +213,9 @@ def probe_command(
 ) -> None:
     """Fit a linear probe on frozen features; writes probe.json and probe.safetensors."""
     from cslrobust.study.probe import run_probe
-    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
-        config = run_settings(run_dir, _overrides(set_, {"device": device}))
+        config = _settings(run_dir, _overrides(set_, {"device": device}))
         record = run_probe(run_dir, epoch=epoch, config=config, progress=progress)
         line = (
             f"probe (epoch {record['checkpoint_epoch']}): val {record['val_accuracy']:.4f} "
@@ -204,7 +253,6 @@ def attack_command(
 ) -> None:
     """Attack normalise -> backbone -> head in eval mode; writes attack.json."""
     from cslrobust.study.attack import run_attack
-    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
         overrides = _overrides(
@@ -220,7 +268,7 @@ def attack_command(
                 "device": device,
             },
         )
-        record = run_attack(run_dir, config=run_settings(run_dir, overrides), progress=progress)
+        record = run_attack(run_dir, config=_settings(run_dir, overrides), progress=progress)
         _echo(f"{record['name']}: {record['n_images']} test images, head={record['head']}")
         for row in record["results"]:
             _echo(
@@ -251,13 +299,12 @@ def evaluate_command(
     """Trustworthy evaluation with sanity gates; writes evaluation.json and sweep plots."""
     from cslrobust.config import format_linf_radius
     from cslrobust.study.evaluate import run_evaluate
-    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
         overrides = _overrides(
             set_, {"evaluation.suite": suite, "evaluation.n_images": n_images, "device": device}
         )
-        record = run_evaluate(run_dir, config=run_settings(run_dir, overrides), progress=progress)
+        record = run_evaluate(run_dir, config=_settings(run_dir, overrides), progress=progress)
         if record["gates_failed"]:
             _echo(
                 f"!!! {len(record['gates_failed'])} SANITY GATE(S) FAILED: the numbers below are suspect"
@@ -307,11 +354,10 @@ def analyze_command(
 ) -> None:
     """Representation geometry and feature sensitivity; writes analysis.json and PNG plots."""
     from cslrobust.study.analyze import run_analyze
-    from cslrobust.study.run_folder import run_settings
 
     def call() -> None:
         overrides = _overrides(set_, {"geometry.n_images": n_images, "device": device})
-        config = run_settings(run_dir, overrides)
+        config = _settings(run_dir, overrides)
         record = run_analyze(run_dir, config=config, progress=progress, tsne=tsne)
         m = record["metrics"]
         keys = [
@@ -342,6 +388,13 @@ def study_run_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file (see presets/).")],
     set_: SetOption = None,
     progress: ProgressOption = True,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="If another runner uses the output folder, wait for it instead of refusing.",
+        ),
+    ] = False,
 ) -> None:
     """Run every missing stage of every (method, seed) cell, then write the report."""
     from cslrobust.distributed import is_main
@@ -355,7 +408,7 @@ def study_run_command(
         _echo(
             f"study {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds -> {spec.output_dir}"
         )
-        cells = run_study(spec, progress=progress, echo=typer.echo)
+        cells = run_study(spec, progress=progress, echo=typer.echo, wait=wait)
         wall = time.perf_counter() - tic
         if not is_main():  # under torchrun rank 0 writes the report
             return
@@ -407,7 +460,8 @@ def study_status_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file.")],
     set_: SetOption = None,
 ) -> None:
-    """List every cell as done / running / interrupted / failed / pending."""
+    """List every cell as done / running / interrupted / failed / pending, and the lock holder."""
+    from cslrobust.study.lock import describe_lock, lock_path
     from cslrobust.study.runner import open_store, study_cells
     from cslrobust.study.spec import load_study
 
@@ -426,6 +480,8 @@ def study_status_command(
                 detail += f"; error: {status.error}"
             _echo(f"{status.state:>11}  {cell.config.name:<40} {detail}")
         _echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+        if (lock := describe_lock(lock_path(spec.output_dir))) is not None:
+            _echo(lock)
 
     _guard(call)
 

@@ -91,6 +91,7 @@ def build_datasets(
     seed: int,
     device: str | torch.device = "cpu",
     download: bool = True,
+    progress: bool = True,
 ) -> DataSplits:
     """Load a data set and split it into train / validation / test sets on ``device``.
 
@@ -106,6 +107,7 @@ def build_datasets(
         seed: Run seed for both splits.
         device: Where the tensors live.
         download: Allow downloading CIFAR archives.
+        progress: Show progress bars (download, decoding an image folder).
 
     Returns:
         The splits, with the training-set channel mean and std.
@@ -115,7 +117,7 @@ def build_datasets(
         DataError: If the data cannot be loaded, a class has too few examples for the requested
             split sizes, or a ``source`` for CIFAR has the wrong number of classes.
     """
-    raw = _load_raw(name, root=root, source=source, download=download)
+    raw = _load_raw(name, root=root, source=source, download=download, progress=progress)
     train_idx, val_idx = train_val_split(raw.train_labels, val_per_class, seed)
     if train_per_class is not None:
         train_idx = train_idx[stratified_subset(raw.train_labels[train_idx], train_per_class, seed)]
@@ -131,14 +133,21 @@ def build_datasets(
     )
 
 
-def _load_raw(name: str, *, root: Path, source: Path | None, download: bool) -> RawDataset:
+def _load_raw(
+    name: str, *, root: Path, source: Path | None, download: bool, progress: bool
+) -> RawDataset:
     if name not in DATASET_NAMES:
         raise ConfigError(f"unknown data set {name!r}; expected one of: {', '.join(DATASET_NAMES)}")
     if source is None:
         if name == "image_folder":
             raise ConfigError("data set 'image_folder' needs a source (directory or tar archive)")
-        return load_cifar("cifar10" if name == "cifar10" else "cifar100", root, download=download)
-    raw = load_image_folder(source, root / _IMAGE_FOLDER_CACHE)
+        return load_cifar(
+            "cifar10" if name == "cifar10" else "cifar100",
+            root,
+            download=download,
+            progress=progress,
+        )
+    raw = load_image_folder(source, root / _IMAGE_FOLDER_CACHE, progress=progress)
     if name == "image_folder":
         return raw
     expected = _NUM_CLASSES[name]

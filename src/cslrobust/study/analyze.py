@@ -33,7 +33,7 @@ from cslrobust.probe import extract_features
 from cslrobust.provenance import provenance
 from cslrobust.records import write_json_atomic
 from cslrobust.seeding import make_generator, rng_scope
-from cslrobust.study.run_folder import ANALYSIS_FILE, load_probed_run, test_subset
+from cslrobust.study.run_folder import ANALYSIS_FILE, checked_count, load_probed_run, test_subset
 from cslrobust.study.stages import Rows, Stage, register_stage
 
 
@@ -55,18 +55,19 @@ def run_analyze(
     Args:
         run_dir: A run folder with ``probe.safetensors``.
         config: Geometry settings and device (default: the run's saved config).
-        progress: Unused.
+        progress: Show progress bars (loading the data).
         tsne: Also draw the t-SNE plot.
 
     Returns:
         The record written to ``analysis.json``.
     """
-    del progress
     tic = time.perf_counter()
-    run = load_probed_run(run_dir, config=config, head="probe")
+    run = load_probed_run(run_dir, config=config, head="probe", progress=progress)
     cfg, encoder, splits, head, model = run.config, run.encoder, run.splits, run.head, run.model
     geo, dev = cfg.geometry, run.config.device
-    _, images, labels = test_subset(splits, geo.n_images)
+    _, images, labels = test_subset(
+        splits, checked_count(cfg, "geometry.n_images", len(splits.test))
+    )
     labels = labels.cpu()
     batch = cfg.attack.batch_size
 

@@ -13,9 +13,11 @@ from torch import Tensor
 from cslrobust.attacks import AttackTarget, default_step_size, frozen_eval, robust_accuracy
 from cslrobust.config import RunConfig, format_linf_radius, section_identity
 from cslrobust.provenance import provenance
+from cslrobust.run_files import Float, Int, ListOf, Record, Str
 from cslrobust.study.run_folder import (
     ATTACK_FILE,
     ProbedRun,
+    checked_count,
     load_probed_run,
     publish,
     tagged,
@@ -23,6 +25,30 @@ from cslrobust.study.run_folder import (
 )
 from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.study.store import pack_bits
+
+#: What is read back from ``attack.json``: the gates stage's result rows, and every field of
+#: :func:`attack_rows` (the trajectory stage reuses a checkpoint's record).
+ATTACK_RECORD = Record(
+    required={
+        "results": ListOf(
+            Record(
+                required={
+                    "attack": Str(),
+                    "norm": Str(),
+                    "eps": Float(),
+                    "clean_accuracy": Float(),
+                    "robust_accuracy": Float(),
+                    "attack_success_rate": Float(),
+                    "n": Int(minimum=0),
+                    "steps": Int(minimum=0),
+                    "restarts": Int(minimum=0),
+                },
+                optional={"clean_correct_bits": Str(), "robust_correct_bits": Str()},
+            )
+        ),
+        "checkpoint_epoch": Int(minimum=0),
+    }
+)
 
 
 @contextlib.contextmanager
@@ -67,10 +93,12 @@ def run_attack(
         The record written to ``attack.json``: one row per (attack, norm, eps).
     """
     tic = time.perf_counter()
-    run = load_probed_run(run_dir, tag=tag, config=config)
+    run = load_probed_run(run_dir, tag=tag, config=config, progress=progress)
     cfg = run.config
     att = cfg.attack
-    subset, images, labels = test_subset(run.splits, att.n_images)
+    subset, images, labels = test_subset(
+        run.splits, checked_count(cfg, "attack.n_images", len(run.splits.test))
+    )
     images = images.float().div_(255)  # attacks take [0,1] float images; the data set stores uint8
     with probed_target(run) as target:
         rows = _attack_rows(target, images, labels, cfg, progress)

@@ -43,6 +43,7 @@ from cslrobust.study.gates import gate_rows
 from cslrobust.study.run_folder import (
     EVALUATION_FILE,
     ProbedRun,
+    checked_count,
     load_probed_run,
     publish,
     test_subset,
@@ -79,7 +80,7 @@ def run_evaluate(
         The record written to ``evaluation.json``.
     """
     tic = time.perf_counter()
-    run = load_probed_run(run_dir, config=config, head="probe")
+    run = load_probed_run(run_dir, config=config, head="probe", progress=progress)
     with probed_target(run) as target:
         record = _suite_record(run_dir, run, target, progress, tic)
     return publish(run_dir / EVALUATION_FILE, record)
@@ -91,7 +92,9 @@ def _suite_record(
     """Run the suite on ``model`` (the run's target, in ``attack.precision``); the record to write."""
     cfg, dev = run.config, run.config.device
     ev = cfg.evaluation
-    subset, images, labels = test_subset(run.splits, ev.n_images)
+    subset, images, labels = test_subset(
+        run.splits, checked_count(cfg, "evaluation.n_images", len(run.splits.test))
+    )
     images = images.float().div_(255)
     common = {"seed": cfg.seed, "batch_size": ev.batch_size, "device": dev}
     timings: dict[str, float] = {}
@@ -271,7 +274,9 @@ def _corruptions(
     from cslrobust.data import default_data_root
 
     cfg = run.config
-    subset, images, labels = test_subset(run.splits, ev.corruption_images)
+    subset, images, labels = test_subset(
+        run.splits, checked_count(cfg, "evaluation.corruption_images", len(run.splits.test))
+    )
     images, labels = images.cpu(), labels.cpu()
     names = list(ev.corruptions) if ev.corruptions is not None else list(CORRUPTION_NAMES)
     if tuple(images.shape[-2:]) != (32, 32):

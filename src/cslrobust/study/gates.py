@@ -29,11 +29,12 @@ from cslrobust.config import RunConfig, section_identity
 from cslrobust.errors import CheckpointError
 from cslrobust.provenance import provenance
 from cslrobust.records import read_json_record
-from cslrobust.study.attack import probed_target
+from cslrobust.study.attack import ATTACK_RECORD, probed_target
 from cslrobust.study.run_folder import (
     ATTACK_FILE,
     GATES_FILE,
     ProbedRun,
+    checked_count,
     load_probed_run,
     publish,
     test_subset,
@@ -88,9 +89,12 @@ def attack_gates(
 
 def gate_images(run: ProbedRun) -> tuple[Tensor, Tensor]:
     """The first ``gates.n_images`` of the attack stage's fixed test subset, as [0,1] floats."""
-    gates = run.config.gates
-    _, images, labels = test_subset(run.splits, run.config.attack.n_images)
-    n = len(images) if gates.n_images is None else min(gates.n_images, len(images))
+    cfg = run.config
+    _, images, labels = test_subset(
+        run.splits, checked_count(cfg, "attack.n_images", len(run.splits.test))
+    )
+    wanted = checked_count(cfg, "gates.n_images", len(images), "images of the attack subset")
+    n = len(images) if wanted is None else min(wanted, len(images))
     return images[:n].float().div_(255), labels[:n]
 
 
@@ -102,14 +106,13 @@ def run_gates_stage(
     Raises:
         CheckpointError: If the run has no ``attack.json`` (run the attack stage first).
     """
-    del progress
     tic = time.perf_counter()
-    run = load_probed_run(run_dir, config=config)
+    run = load_probed_run(run_dir, config=config, progress=progress)
     cfg = run.config
     attack_path = run_dir / ATTACK_FILE
     if not attack_path.is_file():
         raise CheckpointError(f"run folder {str(run_dir)!r} has no attack.json; run 'attack' first")
-    record = read_json_record(attack_path, what="attack record")
+    record = read_json_record(attack_path, what="attack record", spec=ATTACK_RECORD)
     points = [
         AccuracyRow(
             r["attack"], r["norm"], r["eps"], r["clean_accuracy"], r["robust_accuracy"], r["n"]

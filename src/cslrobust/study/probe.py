@@ -19,6 +19,7 @@ from cslrobust.probe import (
 )
 from cslrobust.provenance import provenance
 from cslrobust.records import write_json_atomic
+from cslrobust.run_files import Float, Int, Record
 from cslrobust.study.run_folder import PROBE_FILE, PROBE_WEIGHTS, load_run, tagged
 from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.training import save_weights
@@ -41,12 +42,11 @@ def run_probe(
         run_dir: A run folder made by the train stage.
         epoch: Probe this epoch's checkpoint (default: the latest).
         config: Probe settings and device (default: the run's saved config).
-        progress: Unused (the probe trains on cached features in seconds).
+        progress: Show progress bars (loading the data; the probe itself trains in seconds).
         tag: Suffix of the written files (see :func:`~cslrobust.study.run_folder.tagged`).
     """
-    del progress
     tic = time.perf_counter()
-    run = load_run(run_dir, epoch=epoch, config=config)
+    run = load_run(run_dir, epoch=epoch, config=config, progress=progress)
     cfg, encoder, splits = run.config, run.encoder, run.splits
     reference = state_snapshot(encoder)
     batch = cfg.probe.batch_size
@@ -111,6 +111,23 @@ PROBE_METRICS = (
     "own_head_test_accuracy",
     "own_head_val_accuracy",
     "dead_features",
+)
+
+
+#: What :func:`probe_rows` reads from ``probe.json`` (the trajectory stage reuses a checkpoint's record).
+PROBE_RECORD = Record(
+    required={
+        "checkpoint_epoch": Int(minimum=0),
+        "n_test": Int(minimum=0),
+        "test_accuracy": Float(),
+        "val_accuracy": Float(),
+    },
+    optional={
+        "train_accuracy": Float(),
+        "own_head_test_accuracy": Float(),
+        "own_head_val_accuracy": Float(),
+        "dead_features": Int(minimum=0),
+    },
 )
 
 

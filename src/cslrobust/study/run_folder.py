@@ -37,7 +37,7 @@ from cslrobust.records import write_json_atomic
 from cslrobust.seeding import make_generator
 from cslrobust.study.stages import evaluation_sections
 from cslrobust.training import Checkpoint, find_checkpoint, latest_checkpoint, load_weights
-from cslrobust.training.checkpoint import read_metadata
+from cslrobust.training.checkpoint import PROBE_HEADER, WEIGHTS_HEADER, read_metadata
 
 CONFIG_FILE = "config.json"
 TRAIN_FILE = "train.json"
@@ -78,8 +78,8 @@ def on_this_process(cfg: RunConfig) -> RunConfig:
     return cfg if device == cfg.device else cfg.model_copy(update={"device": device})
 
 
-def load_data(cfg: RunConfig) -> DataSplits:
-    """Build the train/val/test splits of a run on its device."""
+def load_data(cfg: RunConfig, *, progress: bool = True) -> DataSplits:
+    """Build the train/val/test splits of a run on its device (``progress``: show data bars)."""
     data = cfg.data
     with main_first():  # rank 0 downloads and decodes into the cache; the others then read it
         return build_datasets(
@@ -91,6 +91,7 @@ def load_data(cfg: RunConfig) -> DataSplits:
             seed=cfg.seed,
             device=cfg.device,
             download=data.download,
+            progress=progress,
         )
 
 
@@ -156,7 +157,7 @@ def _settings(run_dir: Path, config: RunConfig | None) -> RunConfig:
 def head_kind_of(cfg: RunConfig, metadata: dict[str, str]) -> HeadKind:
     """The trained head's kind: from the weights' header, else (older runs) the objective's section.
 
-    A recorded value that is no head kind is reported by ``build_encoder``.
+    The recorded value is checked by :data:`WEIGHTS_HEADER` when the header is read.
     """
     if "head_kind" in metadata:
         return cast(HeadKind, metadata["head_kind"])
@@ -175,7 +176,11 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: Path, *, epoch: int | None = None, config: RunConfig | None = None
+    run_dir: Path,
+    *,
+    epoch: int | None = None,
+    config: RunConfig | None = None,
+    progress: bool = True,
 ) -> LoadedRun:
     """Load a run's config, data splits and encoder weights (latest checkpoint or ``epoch``).
 
@@ -183,27 +188,29 @@ def load_run(
         run_dir: A run folder made by the train stage.
         epoch: Load this epoch's checkpoint instead of the latest.
         config: Evaluation settings for the run (default: its saved config); must have its run id.
+        progress: Show progress bars while loading the data.
 
     Raises:
         ConfigError: If ``run_dir`` holds no saved config, or ``config`` is another run's.
-        CheckpointError: If it holds no (matching) checkpoint.
+        CheckpointError: If it holds no (matching) checkpoint, its header is damaged, or its
+            weights hold NaN or inf (a diverged run is never evaluated).
     """
     cfg = on_this_process(_settings(run_dir, config))
     root = run_dir / CHECKPOINT_DIR
     checkpoint = find_checkpoint(root, epoch) if epoch is not None else latest_checkpoint(root)
     if checkpoint is None:
         raise CheckpointError(f"run folder {str(run_dir)!r} has no checkpoint; run 'train' first")
-    splits = load_data(cfg)
-    metadata = read_metadata(checkpoint.model_file)
+    splits = load_data(cfg, progress=progress)
+    metadata = read_metadata(checkpoint.model_file, WEIGHTS_HEADER)
     head_kind = head_kind_of(cfg, metadata)
     encoder = build_run_encoder(cfg, splits, head_kind)
     recorded_dim = metadata.get("feature_dim")  # absent in checkpoints of older runs
-    if recorded_dim is not None and recorded_dim != str(encoder.feature_dim):
+    if recorded_dim is not None and int(recorded_dim) != encoder.feature_dim:
         raise CheckpointError(
             f"checkpoint {str(checkpoint.model_file)!r} has feature_dim={recorded_dim}, "
             f"the config builds {encoder.feature_dim}; expected the run's own config"
         )
-    load_weights(encoder, checkpoint.model_file)
+    load_weights(encoder, checkpoint.model_file, require_finite=True, header=WEIGHTS_HEADER)
     encoder.eval()
     return LoadedRun(cfg, encoder, checkpoint, splits, head_kind)
 
@@ -222,6 +229,7 @@ def load_probed_run(
     tag: str = "",
     config: RunConfig | None = None,
     head: Literal["probe", "own"] | None = None,
+    progress: bool = True,
 ) -> ProbedRun:
     """Load the checkpoint a probe was fitted on, with that probe: normalise -> backbone -> head.
 
@@ -235,8 +243,8 @@ def load_probed_run(
     probe_path = run_dir / tagged(PROBE_WEIGHTS, tag)
     if not probe_path.is_file():
         raise CheckpointError(f"run folder {str(run_dir)!r} has no probe; run 'probe' first")
-    epoch = int(read_metadata(probe_path).get("checkpoint_epoch", "0")) or None
-    run = load_run(run_dir, epoch=epoch, config=config)
+    epoch = int(read_metadata(probe_path, PROBE_HEADER).get("checkpoint_epoch", "0")) or None
+    run = load_run(run_dir, epoch=epoch, config=config, progress=progress)
     cfg, encoder = run.config, run.encoder
     if (head or cfg.attack.head) == "own":
         if run.head_kind != "classifier":
@@ -246,10 +254,33 @@ def load_probed_run(
         module: nn.Module = encoder.head
     else:
         module = nn.Linear(encoder.feature_dim, run.splits.num_classes)
-        load_weights(module, probe_path)
+        load_weights(module, probe_path, require_finite=True, header=PROBE_HEADER)
     module = module.to(cfg.device)
     model = Classifier(encoder, module).to(cfg.device).eval()
     return ProbedRun(cfg, encoder, run.checkpoint, run.splits, run.head_kind, module, model)
+
+
+def checked_count(
+    cfg: RunConfig, key: str, available: int, what: str = "test images"
+) -> int | None:
+    """The image count ``key`` (e.g. ``"attack.n_images"``) of ``cfg``, refused above ``available``.
+
+    A value the user chose that exceeds the images there are is an error, not a silent clamp; the
+    field's default (e.g. 1000) means "up to", so it still takes every image of a smaller test set.
+
+    Raises:
+        ConfigError: If the value differs from the default and exceeds ``available``.
+    """
+    section_name, field = key.split(".")
+    section = getattr(cfg, section_name)
+    value: int | None = getattr(section, field)
+    default = type(section).model_fields[field].default
+    if value is not None and value > available and value != default:
+        raise ConfigError(
+            f"{key}={value} exceeds the {available} {what}; expected at most {available} "
+            "(or null for all)"
+        )
+    return value
 
 
 def eval_subset(labels: torch.Tensor, n_images: int | None) -> torch.Tensor:

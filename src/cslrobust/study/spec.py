@@ -77,6 +77,14 @@ class StudySpec(BaseModel):
                 raise ValueError(f"unknown stage {name!r}; expected one of {STAGES.names()}")
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        repeated = sorted({seed for seed in value if value.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seed {repeated[0]} is listed twice; expected distinct seeds")
+        return value
+
     @field_validator("methods")
     @classmethod
     def _method_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -105,7 +113,7 @@ def load_study(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
     Raises:
         ConfigError: Naming the offending key.
     """
-    data = apply_overrides(read_yaml(path), overrides)
+    data = apply_overrides(read_yaml(path, "study file"), overrides)
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:

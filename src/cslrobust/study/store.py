@@ -9,7 +9,9 @@ methods.
 
 Tables:
     cells(cell_id PK, study, method, seed, config, status, stage, pid, host, error, updated_at)
-    stages(cell_id, stage, completed_at, PK(cell_id, stage))
+    stages(cell_id, stage, completed_at, seconds, PK(cell_id, stage))  (seconds: the stage's
+        compute time; NULL for stages committed before it was recorded, added to older databases
+        on opening)
     results(id PK, cell_id, stage, metric, attack, norm, eps, corruption, severity, epoch, value,
             extra, git_sha, created_at, UNIQUE(cell_id, stage, metric, attack, norm, eps, corruption,
             severity, epoch))
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from cslrobust.errors import ConfigError
+from cslrobust.records import ensure_writable_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -51,6 +54,7 @@ CREATE TABLE IF NOT EXISTS stages (
     cell_id TEXT NOT NULL,
     stage TEXT NOT NULL,
     completed_at TEXT NOT NULL,
+    seconds REAL,
     PRIMARY KEY (cell_id, stage)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -108,10 +112,10 @@ def sqlite_path(url: str, base: Path) -> Path:
         ConfigError: For any other scheme.
     """
     prefix = "sqlite:///"
-    if not url.startswith(prefix):
-        scheme = url.split(":", 1)[0]
+    if not url.startswith(prefix) or not url.removeprefix(prefix).strip():
         raise ConfigError(
-            f"storage URL scheme {scheme!r} is not supported yet; expected sqlite:///path/to/results.db"
+            f"storage URL {url!r} is not supported; expected sqlite:///path/to/results.db "
+            "(a relative path is relative to output_dir)"
         )
     path = Path(url.removeprefix(prefix))
     return path if path.is_absolute() else base / path
@@ -122,16 +126,43 @@ class ResultsStore:
 
     Args:
         path: Database file (created with its folder if missing).
+
+    Raises:
+        ConfigError: If the folder cannot be created or written, ``path`` is a folder, or SQLite
+            cannot open it as a database (one line naming the file).
     """
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_writable_dir(path.parent, "results database folder")
+        if path.is_dir():
+            raise ConfigError(f"results database {str(path)!r} is a folder, expected a SQLite file")
         self.path = path
-        self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
+        try:
+            self._conn = sqlite3.connect(path, timeout=60, isolation_level=None)
+        except sqlite3.Error as err:
+            raise ConfigError(f"results database {str(path)!r} cannot be opened: {err}") from None
+        try:
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(SCHEMA)
+            self._upgrade()
+        except sqlite3.DatabaseError as err:
+            self._conn.close()
+            raise ConfigError(
+                f"results database {str(path)!r} cannot be used: {err}; expected a SQLite file "
+                "written by this tool"
+            ) from None
+
+    def _upgrade(self) -> None:
+        """Add the columns of later versions to an older database (its rows stay as they were)."""
+        columns = {r["name"] for r in self._conn.execute("PRAGMA table_info(stages)").fetchall()}
+        if "seconds" not in columns:
+            try:
+                self._conn.execute("ALTER TABLE stages ADD COLUMN seconds REAL")
+            except sqlite3.OperationalError as err:  # another process added it just now
+                if "duplicate column" not in str(err):
+                    raise
 
     def close(self) -> None:
         """Close the connection."""
@@ -229,12 +260,17 @@ class ResultsStore:
 
     # -- results -----------------------------------------------------------------------------
     def commit_stage(
-        self, cell_id: str, stage: str, rows: Sequence[dict[str, Any]], git_sha: str
+        self,
+        cell_id: str,
+        stage: str,
+        rows: Sequence[dict[str, Any]],
+        git_sha: str,
+        seconds: float | None = None,
     ) -> None:
         """Write a stage's rows and its completion marker in one transaction (replacing a previous run).
 
         Each row has ``metric`` and ``value`` plus any of the condition keys in :data:`CONDITIONS`;
-        other keys go to the JSON ``extra`` column.
+        other keys go to the JSON ``extra`` column. ``seconds`` is the stage's compute time.
         """
         now = _now()
         with self.transaction() as conn:
@@ -271,8 +307,9 @@ class ResultsStore:
                     ),
                 )
             conn.execute(
-                "INSERT OR REPLACE INTO stages (cell_id, stage, completed_at) VALUES (?, ?, ?)",
-                (cell_id, stage, now),
+                "INSERT OR REPLACE INTO stages (cell_id, stage, completed_at, seconds) "
+                "VALUES (?, ?, ?, ?)",
+                (cell_id, stage, now, seconds),
             )
 
     def rows(self, cell_ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -290,6 +327,27 @@ class ResultsStore:
                 row.update(json.loads(extra))
             out.append(row)
         return out
+
+    def stage_seconds(self, keys: dict[str, Sequence[str]]) -> tuple[float, int]:
+        """Summed compute time of the committed stages ``{cell_id: [stage key, ...]}``.
+
+        Returns:
+            The seconds summed over the stages that recorded theirs, and how many committed stages
+            did not (committed before durations were stored).
+        """
+        total, unknown = 0.0, 0
+        for cell_id, stages in keys.items():
+            for stage in stages:
+                row = self._conn.execute(
+                    "SELECT seconds FROM stages WHERE cell_id=? AND stage=?", (cell_id, stage)
+                ).fetchone()
+                if row is None:
+                    continue
+                if row["seconds"] is None:
+                    unknown += 1
+                else:
+                    total += float(row["seconds"])
+        return total, unknown
 
     def count_rows(self) -> int:
         """Number of result rows."""

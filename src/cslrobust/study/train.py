@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from cslrobust.augment import build_augment
@@ -14,6 +16,7 @@ from cslrobust.errors import ConfigError
 from cslrobust.models import Encoder
 from cslrobust.objectives import Objective, build_objective
 from cslrobust.provenance import provenance
+from cslrobust.records import ensure_writable_dir
 from cslrobust.study.run_folder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -59,7 +62,9 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     run_dir = cfg.run_dir
     config_path = run_dir / CONFIG_FILE
     checkpoint_dir = run_dir / CHECKPOINT_DIR
-    if config_path.is_file():
+    on_main(lambda: ensure_writable_dir(run_dir))  # before any work: fail now, not after training
+    fresh = not config_path.is_file()
+    if not fresh:
         previous = load_saved_config(config_path)
         if previous.run_id() != cfg.run_id():
             raise ConfigError(
@@ -71,11 +76,10 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
                 f"run folder {str(run_dir)!r} already has checkpoints; pass --resume to continue"
             )
     barrier()  # every rank has checked the folder before rank 0 writes into it
-    on_main(lambda: save_config(cfg, config_path))
     main = is_main()
 
     tic = time.perf_counter()
-    splits = load_data(cfg)
+    splits = load_data(cfg, progress=progress)
     objective = build_objective(cfg.objective)
     encoder = init_run_encoder(cfg, splits, objective.head_kind)
     make_views = build_augment(cfg.augment).to(cfg.device)
@@ -117,21 +121,32 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         "run_id": cfg.run_id(),
         **model_metadata(objective, encoder),
     }
-    with contextlib.ExitStack() as stack:
-        log = stack.enter_context(MetricLog(run_dir, tensorboard=tr.tensorboard)) if main else None
-        result = train(
-            encoder,
-            objective,
-            make_views,
-            splits.train,
-            optimizer,
-            schedule,
-            checkpoint_dir,
-            settings,
-            weights_metadata=metadata,
-            resume=resume,
-            metric_log=log,
-        )
+    # config.json is written only once the data loaded and the setup checks passed, and removed
+    # again if this call wrote it and training ends without a checkpoint: a failed start never
+    # blocks the run's name. A resumed run keeps the config.json it has (same run id, checked
+    # above): nothing already written is rewritten.
+    if fresh:
+        on_main(lambda: save_config(cfg, config_path))
+    with _forget_config_on_failure(config_path, checkpoint_dir, fresh=fresh and main):
+        with contextlib.ExitStack() as stack:
+            log = (
+                stack.enter_context(MetricLog(run_dir, tensorboard=tr.tensorboard))
+                if main
+                else None
+            )
+            result = train(
+                encoder,
+                objective,
+                make_views,
+                splits.train,
+                optimizer,
+                schedule,
+                checkpoint_dir,
+                settings,
+                weights_metadata=metadata,
+                resume=resume,
+                metric_log=log,
+            )
     summary = {
         "run_id": cfg.run_id(),
         "name": cfg.name,
@@ -148,6 +163,19 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         **provenance(),
     }
     return publish(run_dir / TRAIN_FILE, summary)
+
+
+@contextlib.contextmanager
+def _forget_config_on_failure(
+    config_path: Path, checkpoint_dir: Path, *, fresh: bool
+) -> Iterator[None]:
+    """On any failure, remove ``config_path`` if this call wrote it (``fresh``) and no checkpoint exists."""
+    try:
+        yield
+    except BaseException:
+        if fresh and latest_checkpoint(checkpoint_dir) is None:
+            config_path.unlink(missing_ok=True)
+        raise
 
 
 def train_rows(summary: dict[str, Any]) -> Rows:

@@ -20,8 +20,9 @@ from typing import Any
 from cslrobust.config import RunConfig, section_identity
 from cslrobust.errors import CheckpointError
 from cslrobust.records import read_json_record
-from cslrobust.study.attack import attack_rows, run_attack
-from cslrobust.study.probe import probe_rows, run_probe
+from cslrobust.run_files import Record
+from cslrobust.study.attack import ATTACK_RECORD, attack_rows, run_attack
+from cslrobust.study.probe import PROBE_RECORD, probe_rows, run_probe
 from cslrobust.study.run_folder import (
     ATTACK_FILE,
     CHECKPOINT_DIR,
@@ -69,11 +70,17 @@ def checkpoint_tag(epoch: int) -> str:
     return f"-epoch{epoch:04d}"
 
 
-def _matching_record(path: Path, expected: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The record at ``path`` when it exists and holds every ``expected`` value, else None."""
+def _matching_record(
+    path: Path, expected: Mapping[str, Any], spec: Record
+) -> dict[str, Any] | None:
+    """The record at ``path`` when it exists, is well formed and holds every ``expected`` value.
+
+    These records are the stage's resume cache: a missing or damaged one (any field that is not
+    what this version writes) is recomputed and replaced, never read.
+    """
     try:
-        record = read_json_record(path)
-    except CheckpointError:  # missing or unreadable: recompute it
+        record = read_json_record(path, spec=spec)
+    except CheckpointError:
         return None
     return record if all(record.get(k) == v for k, v in expected.items()) else None
 
@@ -93,6 +100,7 @@ def _checkpoint_result(
         probe = _matching_record(
             run_dir / tagged(PROBE_FILE, tag),
             {**same, "probe_config": cfg.probe.model_dump(mode="json")},
+            PROBE_RECORD,
         )
     attack = None
     if probe is None:
@@ -102,6 +110,7 @@ def _checkpoint_result(
         attack = _matching_record(
             run_dir / tagged(ATTACK_FILE, tag),
             {**same, "attack_config": cfg.attack.model_dump(mode="json")},
+            ATTACK_RECORD,
         )
     if attack is None:
         attack = run_attack(run_dir, config=cfg, progress=progress, tag=tag)

@@ -41,12 +41,16 @@ from cslrobust.objectives import (
     refresh_objective,
 )
 from cslrobust.provenance import provenance
+from cslrobust.run_files import field_error
 from cslrobust.seeding import derive_seed, make_generator, rng_scope
 from cslrobust.training.checkpoint import (
+    WEIGHTS_HEADER,
     Checkpoint,
+    check_optimizer_state,
     latest_checkpoint,
     load_state,
     load_weights,
+    non_finite_in_checkpoint,
     save_checkpoint,
 )
 from cslrobust.training.metric_log import MetricLog
@@ -179,16 +183,78 @@ def embed_dataset(model: nn.Module, data: TrainData, batch_size: int) -> torch.T
         model.train(was_training)
 
 
+def _kept(checkpoint: Checkpoint | None) -> str:
+    """Which checkpoint a diverged run keeps (every checkpoint written is finite)."""
+    if checkpoint is None:
+        return "no finite checkpoint was written"
+    return f"last finite checkpoint kept: epoch {checkpoint.epoch} at {checkpoint.path}"
+
+
 def _check_finite(
     loss_sum: torch.Tensor, epoch: int, step: int, checkpoint: Checkpoint | None
 ) -> None:
     value = float(loss_sum)
     if not math.isfinite(value):
-        kept = f"epoch {checkpoint.epoch} at {checkpoint.path}" if checkpoint else "none yet"
         raise TrainingDivergedError(
             f"loss became {value} in epoch {epoch + 1} (by step {step}); stopped, "
-            f"last good checkpoint kept: {kept}; lower train.lr or check the data"
+            f"{_kept(checkpoint)}; lower train.lr or check the data"
         )
+
+
+def _check_finite_weights(
+    model: nn.Module, state: dict[str, Any], epoch: int, checkpoint: Checkpoint | None
+) -> None:
+    """Stop before writing the checkpoint of ``epoch`` (0-based) if a tensor holds NaN or inf.
+
+    The loss can be finite at its last check while the weights are not (the last steps' updates).
+    """
+    bad = non_finite_in_checkpoint(model, state)
+    if bad:
+        raise TrainingDivergedError(
+            f"weights became NaN or inf in epoch {epoch + 1} ({len(bad)} tensor(s), first "
+            f"{bad[0]!r}); stopped without writing its checkpoint, {_kept(checkpoint)}; "
+            "lower train.lr or check the data"
+        )
+
+
+def _resume(
+    last: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective
+) -> dict[str, Any]:
+    """Load a checkpoint's weights and training state into the model, optimiser and objective.
+
+    Raises:
+        CheckpointError: If a file is damaged, unsafe, non-finite or does not fit (one line).
+    """
+    load_weights(model, last.model_file, require_finite=True, header=WEIGHTS_HEADER)
+    state = load_state(last)
+    path = last.state_file
+    check_optimizer_state(state["optimizer"], optimizer, path)
+    keys_before = [set(group) for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise field_error(
+            "state file", path, "optimizer", "unusable", f"a loadable state ({first})"
+        ) from None
+    for i, (group, before) in enumerate(zip(optimizer.param_groups, keys_before, strict=True)):
+        missing = sorted(before - set(group))
+        if missing:
+            raise field_error(
+                "state file",
+                path,
+                f"optimizer.param_groups[{i}].{missing[0]}",
+                "missing",
+                "a value",
+            )
+    try:
+        load_objective_state(objective, state.get("objective", {}))
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise field_error(
+            "state file", path, "objective", "unusable", f"this objective's state ({first})"
+        ) from None
+    return state
 
 
 def train(
@@ -226,8 +292,9 @@ def train(
         The per-epoch metric history and the final checkpoint.
 
     Raises:
-        TrainingDivergedError: If the loss becomes NaN/inf; the last good checkpoint is kept.
-        CheckpointError: If resuming from an incompatible checkpoint.
+        TrainingDivergedError: If the loss or the weights become NaN/inf; no checkpoint of that
+            epoch is written, and the message names the last (finite) checkpoint kept.
+        CheckpointError: If resuming from an incompatible, damaged or non-finite checkpoint.
     """
     device = next(model.parameters()).device
     ctx = context()
@@ -245,10 +312,7 @@ def train(
     start_epoch = 0
     last = latest_checkpoint(checkpoint_dir) if resume else None
     if last is not None:
-        load_weights(model, last.model_file)
-        state = load_state(last)
-        optimizer.load_state_dict(state["optimizer"])
-        load_objective_state(objective, state.get("objective", {}))
+        state = _resume(last, model, optimizer, objective)
         start_epoch = int(state["epoch"])
         result.history = [dict(h) for h in state.get("history", [])]
         result.checkpoint = last
@@ -333,15 +397,17 @@ def train(
         if metric_log is not None:
             metric_log.log(epoch + 1, epoch_metrics, prefix="train/")
 
+        state = {
+            "epoch": epoch + 1,
+            "global_step": (epoch + 1) * n_steps,
+            "optimizer": optimizer.state_dict(),
+            "history": result.history,
+            "rng_cpu": torch.get_rng_state(),
+            "objective": objective_state(objective),
+        }
+        # Every rank holds the same weights, so every rank stops here together.
+        _check_finite_weights(model, state, epoch, result.checkpoint)
         if ctx.is_main:  # one rank writes; every rank resumes from it
-            state = {
-                "epoch": epoch + 1,
-                "global_step": (epoch + 1) * n_steps,
-                "optimizer": optimizer.state_dict(),
-                "history": result.history,
-                "rng_cpu": torch.get_rng_state(),
-                "objective": objective_state(objective),
-            }
             result.checkpoint = save_checkpoint(
                 checkpoint_dir,
                 epoch + 1,

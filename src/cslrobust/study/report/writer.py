@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cslrobust.records import write_json_atomic
+from cslrobust.records import ensure_writable_dir, write_json_atomic
 from cslrobust.study.report.results import Note, StudyResults, current_rows
 from cslrobust.study.report.robustness import gate_failures
 from cslrobust.study.report.sections import ReportContext, SectionOutput, select_sections
@@ -97,18 +97,31 @@ def _gate_lines(cells: Sequence[Cell], res: StudyResults, failures: list[str]) -
     return lines
 
 
-def _about(
-    cells: Sequence[Cell], res: StudyResults, ctx: ReportContext, wall_seconds: float | None
-) -> Note:
-    """The study description: cells, references, wall time, missing cells."""
+def _compute_time(cells: Sequence[Cell], store: ResultsStore, wall_seconds: float | None) -> str:
+    """The stages' compute time summed over cells (the same after a rerun that only skips cells)."""
+    total, unknown = store.stage_seconds({c.cell_id: list(c.stages.values()) for c in cells})
+    line = f"Compute time of all stages (summed over cells): {_duration(total)}"
+    if unknown:
+        line += f" ({unknown} stage(s) stored before durations were recorded are not counted)"
+    if wall_seconds is not None:
+        line += f"; this invocation: {_duration(wall_seconds)}"
+    return line + "."
+
+
+def _duration(seconds: float) -> str:
+    """``"12.3 s"`` under a minute, else ``"4.5 min"``."""
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def _about(cells: Sequence[Cell], res: StudyResults, ctx: ReportContext, compute_time: str) -> Note:
+    """The study description: cells, references, compute time, missing cells."""
     missing = [c.config.name for c in cells if not any(r["cell_id"] == c.cell_id for r in res.rows)]
     lines = [
         f"{len(cells)} cells ({len(res.methods)} methods); references: supervised = "
         f"`{ctx.supervised}`, contrastive = `{ctx.contrastive}`. All numbers come from the results "
         "database; every row is in `results.csv` / `results.json`."
     ]
-    if wall_seconds is not None:
-        lines.append(f"Wall time of the last `study run`: {wall_seconds / 60:.1f} min.")
+    lines.append(compute_time)
     if missing:
         lines.append(f"**Incomplete: no results yet for {', '.join(missing)}.**")
     return Note(lines)
@@ -175,7 +188,8 @@ def write_report(
         folder: Output folder (created if missing).
         supervised: Method name of the supervised reference.
         contrastive: Method name of the contrastive reference.
-        wall_seconds: Wall time of the last ``study run``, shown when given.
+        wall_seconds: Wall time of this ``study run`` invocation, shown beside the compute time
+            of all stages (summed over cells, from the store) when given.
         sections: Registered section names to render (report order is the sections' own);
             None renders every registered section.
 
@@ -191,7 +205,7 @@ def write_report(
         ConfigError: If a name in ``sections`` is not a registered section.
     """
     chosen = select_sections(sections)
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_writable_dir(folder, "report folder")
     rows = current_rows(store, cells)
     res = StudyResults(rows, list(dict.fromkeys(c.method for c in cells)))
     ctx = ReportContext(
@@ -203,7 +217,7 @@ def write_report(
     )
     export_rows(rows, folder)
 
-    about: Note | None = _about(cells, res, ctx, wall_seconds)
+    about: Note | None = _about(cells, res, ctx, _compute_time(cells, store, wall_seconds))
     out = SectionOutput()
     for section in chosen:
         if about is not None and section.order >= ABOUT_ORDER:
