@@ -2,12 +2,17 @@
 
 Prints numbers; asserts nothing. Three modes:
 
-``--mode loop`` (default; CPU): bare model vs the real training loop per objective vs PGD-10. All rates
-are measured in one run and compared as ratios (timings on shared machines are noisy; absolute seconds
-mean little). "images/s" counts images that pass through the network: a contrastive step on a batch of
-B makes 2B views, so its rate is compared with the bare model's forward+backward rate on 2B images::
+``--mode loop`` (default; CPU): bare model vs the real training loop per objective vs PGD-10, each in
+fp32 and in bf16 (``train.precision`` / ``attack.precision``: bf16 autocast around the model's forward),
+side by side. All rates are measured in one run and printed as ratios to the bare model's fp32
+forward+backward rate (timings on shared machines are noisy; absolute seconds mean little), plus the
+bf16/fp32 speed-up per row. "images/s" counts images that pass through the network: a contrastive step
+on a batch of B makes 2B views, so its rate is compared with the bare model's fp32 forward+backward
+rate on 2B images. bf16 pays off on CPUs with AVX512-BF16 or AMX (the header prints torch's CPU
+capability); on plain AVX2 it is emulated and slower::
 
-    python benchmarks/throughput.py [--width 16] [--batch 256] [--steps 6] [--repeats 3] [--device cpu]
+    python benchmarks/throughput.py [--width 16] [--batch 256] [--steps 6] [--repeats 3] [--device cpu] \\
+        [--precisions fp32,bf16]
 
 ``--mode gpu-epoch`` (one CUDA GPU): seconds per SimCLR epoch of ResNet-18 (width 64) on the 50,000
 CIFAR-10 training images at global batch 512, through the real ``train()`` loop: the images sit on the
@@ -64,7 +69,7 @@ from typing import Any
 
 import torch
 
-from cslrobust.attacks import robust_accuracy
+from cslrobust.attacks import AttackTarget, robust_accuracy
 from cslrobust.augment import AUGMENTATIONS, SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
 from cslrobust.models import Classifier, build_encoder
@@ -104,8 +109,14 @@ def _encoder(
     return encoder.to(device)
 
 
-def bare_rate(n_images: int, width: int, device: str, channels_last: bool, steps: int) -> float:
-    """Forward+backward+SGD step of the encoder alone on fixed [0,1] images (no augmentation, no loss)."""
+def bare_rate(
+    n_images: int, width: int, device: str, channels_last: bool, steps: int, precision: str = "fp32"
+) -> float:
+    """Forward+backward+SGD step of the encoder alone on fixed [0,1] images (no augmentation, no loss).
+
+    With ``precision="bf16"`` the forward runs under bf16 autocast and its output is cast to float32
+    before the (trivial) loss, as in the training loop.
+    """
     encoder = _encoder("projector", width, device, channels_last)
     optimizer = build_sgd(encoder, lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.rand(n_images, 3, 32, 32, device=device)
@@ -117,14 +128,22 @@ def bare_rate(n_images: int, width: int, device: str, channels_last: bool, steps
             _sync(device)
             tic = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        encoder(x).square().mean().backward()
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16"):
+            out = encoder(x)
+        out.float().square().mean().backward()
         optimizer.step()
     _sync(device)
     return n_images * steps / (time.perf_counter() - tic)
 
 
 def loop_rate(
-    objective_name: str, batch: int, width: int, device: str, channels_last: bool, steps: int
+    objective_name: str,
+    batch: int,
+    width: int,
+    device: str,
+    channels_last: bool,
+    steps: int,
+    precision: str = "fp32",
 ) -> float:
     """One epoch of the real training loop (augmentation, loss, checkpoint excluded from timing)."""
     objective = build_objective(OBJECTIVES.section(objective_name))
@@ -144,6 +163,7 @@ def loop_rate(
         log_every=10**9,
         channels_last=channels_last,
         progress=False,
+        precision=precision,  # type: ignore[arg-type]
     )
     with tempfile.TemporaryDirectory() as tmp:
         result = train(
@@ -161,18 +181,24 @@ def loop_rate(
     return float(result.history[0]["images_per_s"])
 
 
-def pgd_rate(n_images: int, width: int, device: str, channels_last: bool, steps: int) -> float:
-    """Images/s of PGD-``steps`` on the composite model (eval mode), including the clean pass."""
+def pgd_rate(
+    n_images: int, width: int, device: str, channels_last: bool, steps: int, precision: str = "fp32"
+) -> float:
+    """Images/s of PGD-``steps`` on the composite model (eval mode), including the clean pass.
+
+    The model is attacked through an :class:`AttackTarget` in ``precision``, as the attack stage does.
+    """
     encoder = _encoder("projector", width, device, channels_last)
     model = Classifier(encoder, LinearHead(encoder.feature_dim, 10)).to(device)
+    target = AttackTarget(model, precision=precision)  # type: ignore[arg-type]
     x = torch.rand(n_images, 3, 32, 32)
     with torch.no_grad():
         # Labels = the model's own predictions: every image starts correct, and at a tiny eps few are
         # fooled, so PGD's early stop on fooled images barely helps (the worst case is timed).
-        y = model.eval()(x.to(device)).argmax(dim=1).cpu()
+        y = target(x.to(device)).argmax(dim=1).cpu()
     tic = time.perf_counter()
     robust_accuracy(
-        model,
+        target,
         x,
         y,
         attack="pgd",
@@ -196,43 +222,72 @@ def _sync(device: str) -> None:
 
 
 def run_loop_mode(args: argparse.Namespace) -> None:
-    """``--mode loop``: bare model vs training loop per objective vs PGD-10, as ratios."""
+    """``--mode loop``: bare model vs training loop per objective vs PGD-10, fp32 and bf16 side by side."""
     width, batch, device = args.width or 16, args.batch or 256, args.device or "cpu"
     cl = not args.no_channels_last
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     print(
         f"ResNet-18 width {width}, batch {batch}, device {device}, channels_last={cl}, "
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
-    rates: dict[str, list[float]] = {}
+    rates: dict[tuple[str, str], list[float]] = {}
     for _ in range(args.repeats or 3):
-        for n_views_images in (batch, 2 * batch):
-            key = f"bare fwd+bwd ({n_views_images} img)"
-            rates.setdefault(key, []).append(
-                bare_rate(n_views_images, width, device, cl, args.steps)
+        # Interleaved: load from other jobs on a shared machine hits both precisions alike.
+        for precision in precisions:
+            for n_images in (batch, 2 * batch):
+                rates.setdefault((f"bare fwd+bwd ({n_images} img)", precision), []).append(
+                    bare_rate(n_images, width, device, cl, args.steps, precision)
+                )
+            for name in OBJECTIVES.names():
+                rates.setdefault((f"train loop: {name}", precision), []).append(
+                    loop_rate(name, batch, width, device, cl, args.steps, precision)
+                )
+            # PGD-10 costs 10 input-gradient passes (plus 2 forward passes) per image.
+            rates.setdefault(("PGD-10 (input-grad passes)", precision), []).append(
+                10 * pgd_rate(batch, width, device, cl, 10, precision)
             )
-        for name in OBJECTIVES.names():
-            rates.setdefault(f"train loop: {name}", []).append(
-                loop_rate(name, batch, width, device, cl, args.steps)
-            )
-        rates.setdefault("PGD-10 (images attacked)", []).append(
-            pgd_rate(batch, width, device, cl, 10)
-        )
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    bare_1 = med[f"bare fwd+bwd ({batch} img)"]
-    bare_2 = med[f"bare fwd+bwd ({2 * batch} img)"]
-    print(f"{'measurement':<34}{'images/s':>10}{'vs bare':>9}")
-    for key, value in med.items():
-        if key.startswith("train loop"):
-            name = key.split(": ")[1]
-            ref = bare_1 if build_objective(OBJECTIVES.section(name)).n_views == 1 else bare_2
-            print(f"{key:<34}{value:>10.1f}{value / ref:>8.2f}x")
-        elif key.startswith("PGD"):
-            # PGD-10 costs 10 input-gradient passes plus 2 forward passes per image.
-            per_step = value * 10
-            print(f"{key:<34}{value:>10.1f}")
-            print(f"{'PGD-10 (input-grad passes)':<34}{per_step:>10.1f}{per_step / bare_1:>8.2f}x")
-        else:
-            print(f"{key:<34}{value:>10.1f}")
+    med = {key: statistics.median(v) for key, v in rates.items()}
+    _print_loop_table(med, precisions, batch)
+
+
+def _print_loop_table(med: dict[tuple[str, str], float], precisions: list[str], batch: int) -> None:
+    """One row per measurement: images/s and ratio to the bare fp32 fwd+bwd, per precision."""
+    rows = list(dict.fromkeys(row for row, _ in med))
+    header = f"{'measurement':<30}" + "".join(
+        f"{p + ' img/s':>13}{p + ' vs bare':>14}" for p in precisions
+    )
+    speedup = len(precisions) == 2
+    if speedup:
+        header += f"{precisions[1] + '/' + precisions[0]:>12}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        ref = _bare_reference(row, batch)
+        base = med.get((ref, "fp32"))
+        line = f"{row:<30}"
+        for precision in precisions:
+            value = med[(row, precision)]
+            ratio = f"{value / base:.2f}x" if base else "-"
+            line += f"{value:>13.1f}{ratio:>14}"
+        if speedup:
+            line += f"{med[(row, precisions[1])] / med[(row, precisions[0])]:>11.2f}x"
+        print(line)
+    print(
+        "vs bare: ratio to the bare model's fp32 forward+backward rate on as many images as pass "
+        "through the network (B for supervised and PGD, 2B views for contrastive objectives)."
+    )
+
+
+def _bare_reference(row: str, batch: int) -> str:
+    """The bare fwd+bwd row a measurement is compared with (2B images for 2-view objectives)."""
+    if row.startswith("train loop: "):
+        name = row.removeprefix("train loop: ")
+        n_views = build_objective(OBJECTIVES.section(name)).n_views
+        return f"bare fwd+bwd ({n_views * batch} img)"
+    if row.startswith("bare fwd+bwd"):
+        return row
+    return f"bare fwd+bwd ({batch} img)"
 
 
 # ----------------------------------------------------------------------------------- gpu-epoch
@@ -686,6 +741,9 @@ def main() -> None:
         help="interleaved repeats, medians reported (loop default 3, multiproc default 1)",
     )
     parser.add_argument("--no-channels-last", action="store_true", help="loop: NCHW memory format")
+    parser.add_argument(
+        "--precisions", default="fp32,bf16", help="loop: comma list of fp32, bf16 (columns)"
+    )
     parser.add_argument(
         "--data-source", type=Path, help="gpu-epoch: CIFAR-10 ImageFolder .tar(.gz); else random"
     )

@@ -15,7 +15,13 @@ import pytest
 import torch
 
 from cslrobust.augment import AUGMENTATIONS, ViewAugment, build_augment
-from cslrobust.config import RunConfig, build_run_config, load_run_config, load_saved_config
+from cslrobust.config import (
+    RunConfig,
+    build_run_config,
+    load_run_config,
+    load_saved_config,
+    section_identity,
+)
 from cslrobust.errors import ConfigError
 from cslrobust.objectives import (
     FN_DETECTORS,
@@ -485,3 +491,15 @@ def test_default_sections() -> None:
     assert build_run_config({"objective": {"name": "simclr_fnr"}}).objective == (
         SimCLRFNRSection(fn=FN_DETECTORS.section("oracle"))
     )
+
+
+def test_a_section_key_added_later_is_hashed_only_when_changed() -> None:
+    default = section_identity(RunConfig(), "attack")
+    assert "precision" not in default  # stage keys of earlier results stay valid
+    assert section_identity(RunConfig(attack={"precision": "fp32"}), "attack") == default
+    assert section_identity(RunConfig(attack={"precision": "bf16"}), "attack") == {
+        **default,
+        "precision": "bf16",
+    }
+    with pytest.raises(ConfigError, match=r"attack\.precision"):
+        build_run_config({"attack": {"precision": "fp16"}})

@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -151,7 +151,8 @@ class TrainConfig(Section):
     log_every: int = Field(default=20, gt=0, description="steps between loss fetches/finite checks")
     tensorboard: bool = True
     precision: Literal["fp32", "bf16"] = Field(
-        default="fp32", description="bf16: encoder forward under bf16 autocast (GPU fast path)"
+        default="fp32",
+        description="bf16: encoder forward under bf16 autocast (GPUs; CPUs with AVX512-BF16/AMX)",
     )
     compile: bool = Field(default=False, description="torch.compile the model for training")
     sync_batchnorm: bool = Field(
@@ -192,7 +193,13 @@ class AttackConfig(Section):
 
     ``eps_linf`` radii are fractions of the [0,1] range, written ``"8/255"`` or ``0.0314``; ``eps_l2``
     is an absolute L2 radius in [0,1] pixel space. ``attacks`` are names in the attack registry.
+    ``precision: bf16`` runs the attacked model's forward (normalise -> backbone -> head) under bf16
+    autocast in the attack, gates, trajectory and evaluate stages; inputs, perturbations, input
+    gradients, logits and losses stay float32, and clean accuracy is computed in the same precision.
     """
+
+    #: ``precision`` came after results were stored: at fp32 it stays out of the stage keys.
+    later_defaults: ClassVar[dict[str, object]] = {"precision": "fp32"}
 
     attacks: tuple[str, ...] = ("fgsm", "pgd")
     eps_linf: tuple[LinfRadius, ...] = (0.5 / 255, 1 / 255, 2 / 255, 4 / 255)
@@ -208,6 +215,10 @@ class AttackConfig(Section):
     )
     batch_size: int = Field(default=256, gt=0)
     head: Literal["probe", "own"] = "probe"
+    precision: Literal["fp32", "bf16"] = Field(
+        default="fp32",
+        description="bf16: attacked model's forward under bf16 autocast (CPUs with AVX512-BF16/AMX, GPUs)",
+    )
 
     @model_validator(mode="after")
     def _restarts_need_random_start(self) -> AttackConfig:
@@ -713,9 +724,14 @@ def section_identity(cfg: RunConfig, section: str) -> dict[str, Any]:
     """A config section as stage keys hash it: L-inf radii in units of 1/255, as in layout 1.
 
     Hashing the earlier layout keeps the stage keys of studies run before the radii became fractions,
-    so their attack, analyze and evaluate results stay valid.
+    so their attack, analyze and evaluate results stay valid. Keys the section added later
+    (:attr:`~cslrobust.sections.Section.later_defaults`) are left out while at their default.
     """
-    data: dict[str, Any] = getattr(cfg, section).model_dump(mode="python")
+    values: Section = getattr(cfg, section)
+    later = type(values).later_defaults
+    data: dict[str, Any] = {
+        k: v for k, v in values.model_dump(mode="python").items() if later.get(k, _MISSING) != v
+    }
     for key in _V1_LINF_FIELDS.get(section, ()):
         value = data[key]
         if isinstance(value, tuple | list):

@@ -31,9 +31,16 @@ HeadKind = Literal["projector", "classifier"]
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are immutable."""
+    """Base of every config section: unknown keys are errors, values are immutable.
+
+    Attributes:
+        later_defaults: Keys added to the section after results were made with it, with their
+            default; a key at that default stays out of the hashes that name those results (run ids,
+            stage keys), so earlier ids and keys stay valid.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    later_defaults: ClassVar[dict[str, object]] = {}
 
 
 class ObjectiveSection(Section):
@@ -49,7 +56,6 @@ class ObjectiveSection(Section):
 
     name: str
     head_kind: ClassVar[HeadKind]
-    later_defaults: ClassVar[dict[str, object]] = {}
 
 
 class AugmentSection(Section):

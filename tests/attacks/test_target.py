@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from cslrobust.attacks import AttackTarget, frozen_eval, input_gradient
+from cslrobust.attacks import (
+    AttackTarget,
+    check_eps_zero,
+    clean_accuracy,
+    frozen_eval,
+    input_gradient,
+    robust_accuracy,
+)
 from cslrobust.seeding import make_generator
 
 
@@ -94,3 +101,59 @@ def test_input_gradient_refuses_inference_mode(toy_model: nn.Module) -> None:
     # An inference tensor used outside inference mode is fine.
     _, _, grad = input_gradient(target, x, torch.tensor([0, 1]))
     assert grad.shape == x.shape
+
+
+# bf16 (issue 13, item 5): the model computes in bf16, everything the attack touches stays float32.
+# Tolerance: input gradients within cosine 0.95 of fp32, per sample and over the batch.
+MIN_GRADIENT_COSINE = 0.95
+
+
+def test_bf16_target_gives_float32_logits_from_bf16_arithmetic(
+    toy_model: nn.Module, toy_test_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    images, _ = toy_test_data
+    with torch.no_grad():
+        fp32 = AttackTarget(toy_model)(images)
+        bf16 = AttackTarget(toy_model, precision="bf16")(images)
+    assert bf16.dtype == torch.float32
+    assert not torch.equal(bf16, fp32)  # autocast is active
+    torch.testing.assert_close(bf16, fp32, rtol=0.05, atol=0.1)
+    assert (bf16.argmax(1) == fp32.argmax(1)).float().mean().item() > 0.95
+
+
+def test_bf16_input_gradient_is_float32_and_aligned_with_fp32(
+    toy_model: nn.Module, toy_test_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    images, labels = toy_test_data
+    _, loss_32, grad_32 = input_gradient(AttackTarget(toy_model), images, labels)
+    logits, loss_16, grad_16 = input_gradient(
+        AttackTarget(toy_model, precision="bf16"), images, labels
+    )
+    assert logits.dtype == loss_16.dtype == grad_16.dtype == torch.float32
+    assert not torch.equal(grad_16, grad_32)
+    per_sample = nn.functional.cosine_similarity(grad_16.flatten(1), grad_32.flatten(1), dim=1)
+    assert per_sample.min().item() > MIN_GRADIENT_COSINE, per_sample.min().item()
+    overall = nn.functional.cosine_similarity(grad_16.flatten(), grad_32.flatten(), dim=0)
+    assert overall.item() > MIN_GRADIENT_COSINE
+    torch.testing.assert_close(loss_16, loss_32, rtol=0.05, atol=0.02)
+
+
+def test_bf16_eps_zero_equals_clean_and_robust_is_below_clean(
+    toy_model: nn.Module, toy_test_data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    images, labels = toy_test_data
+    target = AttackTarget(toy_model, precision="bf16")
+    gate = check_eps_zero(target, images, labels, seed=0, batch_size=64)
+    assert gate.passed, gate.message
+    attacked = robust_accuracy(
+        target, images, labels, attack="pgd", eps=4 / 255, steps=5, seed=0, batch_size=64
+    )
+    assert attacked.clean_accuracy == clean_accuracy(target, images, labels, batch_size=64)
+    assert bool((attacked.robust_correct <= attacked.clean_correct).all())
+    assert attacked.robust_accuracy < attacked.clean_accuracy  # the attack works in bf16 too
+    assert attacked.max_perturbation <= 4 / 255 + 1e-7
+
+
+def test_target_rejects_an_unknown_precision(toy_model: nn.Module) -> None:
+    with pytest.raises(ValueError, match="precision"):
+        AttackTarget(toy_model, precision="fp16")  # type: ignore[arg-type]

@@ -108,3 +108,26 @@ def test_trained_runs_accept_overrides_of_the_stages_settings_only(monkeypatch):
     toy = Stage(name="toy", order=99, run=lambda cfg, progress: [], settings=("toy_settings",))
     monkeypatch.setitem(STAGES._entries, "toy", toy)
     assert "toy_settings" in evaluation_sections()  # a new stage's section needs no other edit
+
+
+# Stage keys of the default config, computed before `attack.precision` existed (issue 13 item 5):
+# a setting added later must leave every key of existing results as it was while at its default.
+DEFAULT_STAGE_KEYS = {
+    "train": "train:3d2fab66a8de",
+    "probe": "probe:b214c5f021b0",
+    "attack": "attack:8adec119faff",
+    "gates": "gates:3297cc26699a",
+    "analyze": "analyze:63c2e9ca450c",
+    "evaluate": "evaluate:a80e00001677",
+    "trajectory": "trajectory:a1e09871efb4",
+}
+
+
+def test_attack_precision_keys_only_the_stages_that_attack():
+    assert stage_keys(RunConfig()) == DEFAULT_STAGE_KEYS
+    assert stage_keys(RunConfig(attack={"precision": "fp32"})) == DEFAULT_STAGE_KEYS
+    bf16 = stage_keys(RunConfig(attack={"precision": "bf16"}))
+    changed = {name for name, key in bf16.items() if key != DEFAULT_STAGE_KEYS[name]}
+    # analyze stays fp32 (its sensitivity PGD attacks features, not the probe's logits)
+    assert changed == {"attack", "gates", "evaluate", "trajectory"}
+    assert RunConfig(attack={"precision": "bf16"}).run_id() == RunConfig().run_id()

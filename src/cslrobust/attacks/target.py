@@ -5,19 +5,29 @@ share one code path (STYLE habit 6). Normalisation belongs inside the wrapped mo
 normalise. The target is in ``eval()`` so that BatchNorm uses (and never updates) its running
 statistics, and its parameters do not require gradients, so attacks differentiate with respect to
 the input only and no ``.grad`` accumulates on weights.
+
+Precision: with ``precision="bf16"`` the wrapped model's forward runs under bf16 autocast (its
+convolutions and matrix products compute in bf16) and the logits are cast back to float32. Inputs,
+perturbations, input gradients (autograd returns them in the input's dtype), projections and losses
+stay float32, so attacks and the checks on their outputs are unchanged; only the model's internal
+arithmetic is coarser. Clean and robust predictions go through the same target, hence the same
+precision: at eps = 0 the attacked input equals the clean one bit for bit and so do the predictions.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Self, TypeVar
+from typing import Literal, Self, TypeVar, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 M = TypeVar("M", bound=nn.Module)
+
+Precision = Literal["fp32", "bf16"]
+"""Arithmetic of the attacked model's forward: float32, or bf16 autocast with float32 logits."""
 
 
 def _freeze(model: nn.Module) -> None:
@@ -70,15 +80,25 @@ class AttackTarget(nn.Module):
         model: Maps ``(B, C, ...)`` inputs in [0,1] to logits ``(B, K)``, normalising internally.
         check_range: Validate on every forward that inputs lie in [0,1]. Costs one reduction (and a
             device sync on GPU) per call.
+        precision: ``"bf16"`` runs ``model`` under bf16 autocast on the input's device and returns
+            float32 logits (see the module docstring); ``"fp32"`` runs it as it is.
 
     Shape:
-        forward: ``(B, C, ...)`` in [0,1] -> ``(B, K)`` logits.
+        forward: ``(B, C, ...)`` in [0,1] -> ``(B, K)`` float32 logits (with ``bf16``).
+
+    Raises:
+        ValueError: On an unknown ``precision``.
     """
 
-    def __init__(self, model: nn.Module, *, check_range: bool = True) -> None:
+    def __init__(
+        self, model: nn.Module, *, check_range: bool = True, precision: Precision = "fp32"
+    ) -> None:
         super().__init__()
+        if precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {get_args(Precision)}, got {precision!r}")
         self.model = model
         self.check_range = check_range
+        self.precision = precision
         _freeze(self)
 
     def train(self, mode: bool = True) -> Self:
@@ -121,7 +141,11 @@ class AttackTarget(nn.Module):
                     f"attack target expects inputs in [0,1], got min {low.item():.6g}, "
                     f"max {high.item():.6g} (normalisation belongs inside the model)"
                 )
-        logits: Tensor = self.model(x)
+        if self.precision == "bf16":
+            with torch.autocast(x.device.type, torch.bfloat16):
+                logits: Tensor = self.model(x)
+            return logits.float()  # losses and argmax on float32 logits
+        logits = self.model(x)
         return logits
 
 

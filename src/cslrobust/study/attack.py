@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cslrobust.attacks import default_step_size, robust_accuracy
+from torch import Tensor
+
+from cslrobust.attacks import AttackTarget, default_step_size, frozen_eval, robust_accuracy
 from cslrobust.config import RunConfig, format_linf_radius, section_identity
 from cslrobust.provenance import provenance
 from cslrobust.run_files import Float, Int, ListOf, Record, Str
 from cslrobust.study.run_folder import (
     ATTACK_FILE,
+    ProbedRun,
     checked_count,
     load_probed_run,
     publish,
@@ -46,6 +51,26 @@ ATTACK_RECORD = Record(
 )
 
 
+@contextlib.contextmanager
+def probed_target(run: ProbedRun) -> Iterator[AttackTarget]:
+    """The probed run's model as the attack target, in the precision of ``attack.precision``.
+
+    The attack, gates, trajectory and evaluate stages attack through this one target, so clean and
+    robust accuracy of every stage share the model's precision; the model is restored on exit.
+    """
+    with frozen_eval(run.model):
+        yield AttackTarget(run.model, precision=run.config.attack.precision)
+
+
+def precision_key(cfg: RunConfig) -> dict[str, Any]:
+    """``attack.precision`` for the keys of stages that attack without hashing the attack section.
+
+    Empty at the default (fp32), so the keys of results stored before the setting stay as they were.
+    """
+    precision = section_identity(cfg, "attack").get("precision")
+    return {} if precision is None else {"attack_precision": precision}
+
+
 def run_attack(
     run_dir: Path,
     *,
@@ -69,12 +94,34 @@ def run_attack(
     """
     tic = time.perf_counter()
     run = load_probed_run(run_dir, tag=tag, config=config, progress=progress)
-    cfg, model, dev = run.config, run.model, run.config.device
+    cfg = run.config
     att = cfg.attack
     subset, images, labels = test_subset(
         run.splits, checked_count(cfg, "attack.n_images", len(run.splits.test))
     )
     images = images.float().div_(255)  # attacks take [0,1] float images; the data set stores uint8
+    with probed_target(run) as target:
+        rows = _attack_rows(target, images, labels, cfg, progress)
+    record = {
+        "run_id": cfg.run_id(),
+        "name": cfg.name,
+        "objective": cfg.objective.name,
+        "checkpoint_epoch": run.checkpoint.epoch,
+        "head": att.head,
+        "n_images": int(subset.numel()),
+        "attack_config": att.model_dump(mode="json"),
+        "results": rows,
+        "wall_seconds": time.perf_counter() - tic,
+        **provenance(),
+    }
+    return publish(run_dir / tagged(ATTACK_FILE, tag), record)
+
+
+def _attack_rows(
+    target: AttackTarget, images: Tensor, labels: Tensor, cfg: RunConfig, progress: bool
+) -> list[dict[str, Any]]:
+    """One record row per (attack, norm, eps) of ``cfg.attack`` on ``images`` ([0,1]) and ``labels``."""
+    att, dev = cfg.attack, cfg.device
     rows = []
     budgets = [("linf", e) for e in att.eps_linf] + [("l2", e) for e in att.eps_l2]
     for attack in att.attacks:
@@ -84,7 +131,7 @@ def run_attack(
                 att.step_size * eps if att.step_size is not None else default_step_size(eps, steps)
             )
             res = robust_accuracy(
-                model,
+                target,
                 images,
                 labels,
                 attack=attack,
@@ -118,19 +165,7 @@ def run_attack(
                     "robust_correct_bits": pack_bits(res.robust_correct.cpu()),
                 }
             )
-    record = {
-        "run_id": cfg.run_id(),
-        "name": cfg.name,
-        "objective": cfg.objective.name,
-        "checkpoint_epoch": run.checkpoint.epoch,
-        "head": att.head,
-        "n_images": int(subset.numel()),
-        "attack_config": att.model_dump(mode="json"),
-        "results": rows,
-        "wall_seconds": time.perf_counter() - tic,
-        **provenance(),
-    }
-    return publish(run_dir / tagged(ATTACK_FILE, tag), record)
+    return rows
 
 
 def attack_rows(record: dict[str, Any]) -> Rows:

@@ -1,7 +1,8 @@
 """The evaluation suite of a probed run: sweeps, AutoAttack, FAB, corruptions, and sanity gates.
 
 Everything attacks the composite model (normalise -> backbone -> probe head) in eval mode on [0,1]
-inputs, on one fixed test subset. The gates run with every evaluation and are stored with the numbers;
+inputs, on one fixed test subset, through one attack target in the precision of ``attack.precision``
+(corruption accuracies too). The gates run with every evaluation and are stored with the numbers;
 a failed gate is printed first and marked in every report that uses the number. Output: one JSON record
 (``evaluation.json``) with every number, the gates and the protocol, plus sweep plots.
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from cslrobust.attacks import (
+    AttackTarget,
     ConvergenceSettings,
     GateAttack,
     GateThresholds,
@@ -36,9 +38,11 @@ from cslrobust.config import EvaluationConfig, RunConfig, section_identity
 from cslrobust.distributed import on_main
 from cslrobust.errors import ConfigError
 from cslrobust.provenance import provenance
+from cslrobust.study.attack import precision_key, probed_target
 from cslrobust.study.gates import gate_rows
 from cslrobust.study.run_folder import (
     EVALUATION_FILE,
+    ProbedRun,
     checked_count,
     load_probed_run,
     publish,
@@ -77,7 +81,16 @@ def run_evaluate(
     """
     tic = time.perf_counter()
     run = load_probed_run(run_dir, config=config, head="probe", progress=progress)
-    cfg, model, dev = run.config, run.model, run.config.device
+    with probed_target(run) as target:
+        record = _suite_record(run_dir, run, target, progress, tic)
+    return publish(run_dir / EVALUATION_FILE, record)
+
+
+def _suite_record(
+    run_dir: Path, run: ProbedRun, model: AttackTarget, progress: bool, tic: float
+) -> dict[str, Any]:
+    """Run the suite on ``model`` (the run's target, in ``attack.precision``); the record to write."""
+    cfg, dev = run.config, run.config.device
     ev = cfg.evaluation
     subset, images, labels = test_subset(
         run.splits, checked_count(cfg, "evaluation.n_images", len(run.splits.test))
@@ -211,6 +224,7 @@ def run_evaluate(
         "suite": ev.suite,
         "protocol": {
             "model": "normalise -> backbone -> linear probe, eval mode, parameters frozen, inputs in [0,1]",
+            "precision": cfg.attack.precision,
             "n_images": int(subset.numel()),
             "image_subset": "fixed random test subset, stream (0, 'eval_subset')",
             "seed": cfg.seed,
@@ -249,7 +263,7 @@ def run_evaluate(
         "wall_seconds": time.perf_counter() - tic,
         **provenance(),
     }
-    return publish(run_dir / EVALUATION_FILE, record)
+    return record
 
 
 def _corruptions(
@@ -366,7 +380,10 @@ register_stage(
             run_evaluate(cfg.run_dir, config=cfg, progress=progress)
         ),
         needs=("probe",),
-        key_inputs=lambda cfg: {"evaluation": section_identity(cfg, "evaluation")},
+        key_inputs=lambda cfg: {
+            "evaluation": section_identity(cfg, "evaluation"),
+            **precision_key(cfg),
+        },
         sections=("evaluation", "corruptions"),
         settings=("evaluation",),
     )

@@ -29,7 +29,7 @@ from cslrobust.config import RunConfig, section_identity
 from cslrobust.errors import CheckpointError
 from cslrobust.provenance import provenance
 from cslrobust.records import read_json_record
-from cslrobust.study.attack import ATTACK_RECORD
+from cslrobust.study.attack import ATTACK_RECORD, probed_target
 from cslrobust.study.run_folder import (
     ATTACK_FILE,
     GATES_FILE,
@@ -49,7 +49,7 @@ def attack_gates(
 
     ``points`` are the attack stage's results (for the result gates); the model gates re-run the
     configured attacks (whole path at eps = 0, ``gates.large_eps_linf``, PGD convergence at the
-    largest L-inf eps).
+    largest L-inf eps) in the attack stage's precision (``attack.precision``).
     """
     cfg, att, gates = run.config, run.config.attack, run.config.gates
     attacks = [
@@ -72,18 +72,19 @@ def attack_gates(
         if "pgd" in att.attacks and largest > 0
         else []
     )
-    return run_gates(
-        points,
-        target=run.model,
-        images=images,
-        labels=labels,
-        convergence=convergence,
-        gate_attacks=attacks,
-        thresholds=GateThresholds(large_eps=gates.large_eps_linf),
-        seed=cfg.seed,
-        batch_size=gates.batch_size,
-        device=cfg.device,
-    )
+    with probed_target(run) as target:
+        return run_gates(
+            points,
+            target=target,
+            images=images,
+            labels=labels,
+            convergence=convergence,
+            gate_attacks=attacks,
+            thresholds=GateThresholds(large_eps=gates.large_eps_linf),
+            seed=cfg.seed,
+            batch_size=gates.batch_size,
+            device=cfg.device,
+        )
 
 
 def gate_images(run: ProbedRun) -> tuple[Tensor, Tensor]:
