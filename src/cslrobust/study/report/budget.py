@@ -40,7 +40,8 @@ class BudgetResult:
         attack: The main attack (None without attack rows).
         sl_clean: Mean linear-probe test accuracy of the supervised reference over seeds (NaN without).
         csl_clean: The same for the contrastive reference.
-        gaps: Per eps, the gap analysis of the final models.
+        gaps: Per eps > 0, the gap analysis of the final models (eps 0 is the clean-accuracy gap,
+            in the budget's own report).
         matched: Per ``(norm, eps)``, RA(SL) - RA(CSL) at matched clean accuracy (absent without
             trajectories with per-image results of both references).
     """
@@ -104,7 +105,7 @@ def budget_results(spec: StudySpec) -> list[BudgetResult]:
                 attack=attack,
                 sl_clean=_mean(res.values(sl, "probe/test_accuracy")),
                 csl_clean=_mean(res.values(csl, "probe/test_accuracy")),
-                gaps=budget_gaps(res, attack, sl, csl) if attack else [],
+                gaps=[g for g in budget_gaps(res, attack, sl, csl) if g.eps > 0] if attack else [],
                 matched=_matched(res, attack, sl, csl) if attack else {},
             )
         )
@@ -162,27 +163,35 @@ def budget_table(results: list[BudgetResult], supervised: str, contrastive: str)
         "Clean accuracy: linear probe on the test set, mean over seeds. Gaps in percentage points on the "
         "attacked test images: the final models (paired hierarchical bootstrap over seeds and images), "
         "and at matched clean accuracy along the trajectories (the frontier section's estimate). "
-        "'SL > CSL (paper)': the interval lies above 0, the paper's ordering.",
+        "'SL > CSL (paper)': the interval lies above 0, the paper's ordering. Radii > 0 only (at eps 0 "
+        "the gap is the clean-accuracy gap, in each budget's report).",
     )
 
 
+def _matched_estimate(result: BudgetResult, gap: BudgetGap) -> Estimate | None:
+    """The matched-accuracy gap of ``result`` at ``gap``'s radius, if measured."""
+    found = result.matched.get((gap.norm, gap.eps))
+    return None if found is None else found.gap
+
+
 def plot_budget_gaps(results: list[BudgetResult], path: Path) -> Path | None:
-    """Gap SL - CSL (final and matched, with intervals) against budget and against SL clean accuracy."""
+    """Gap SL - CSL against budget and against the supervised clean accuracy, with 95% intervals.
+
+    Final models: circles, solid lines; at matched clean accuracy: squares, dashed; one colour per eps.
+    """
     points = [(i, r, g) for i, r in enumerate(results) for g in r.gaps]
     if not points:
         return None
     fig, (by_budget, by_clean) = _subplots((11, 4.2), ncols=2, sharey=True)
-    labels = sorted({g.label for _, _, g in points}, key=[g.label for _, _, g in points].index)
-    for label in labels:
+    labels = list(dict.fromkeys(g.label for _, _, g in points))
+    for n, label in enumerate(labels):
         chosen = [(i, r, g) for i, r, g in points if g.label == label]
-        for kind, estimates, marker in (
-            ("final", [g.analysis.gap for _, _, g in chosen], "o"),
-            ("matched", [r.matched.get((g.norm, g.eps)) for _, r, g in chosen], "s"),
+        for kind, estimates, marker, line in (
+            ("final", [g.analysis.gap for _, _, g in chosen], "o", "-"),
+            ("matched", [_matched_estimate(r, g) for _, r, g in chosen], "s", "--"),
         ):
             found = [
-                (i, r, e if isinstance(e, Estimate) else e.gap)
-                for (i, r, _), e in zip(chosen, estimates, strict=True)
-                if e is not None
+                (i, r, e) for (i, r, _), e in zip(chosen, estimates, strict=True) if e is not None
             ]
             if not found:
                 continue
@@ -191,8 +200,10 @@ def plot_budget_gaps(results: list[BudgetResult], path: Path) -> Path | None:
                 [[100 * (e.value - e.low), 100 * (e.high - e.value)] for _, _, e in found]
             ).T
             errors = np.nan_to_num(errors)
-            style = {"marker": marker, "capsize": 3, "label": f"{label} {kind}"}
-            by_budget.errorbar([i for i, _, _ in found], values, yerr=errors, **style)
+            style = {"marker": marker, "capsize": 3, "color": f"C{n}", "label": f"{label} {kind}"}
+            by_budget.errorbar(
+                [i for i, _, _ in found], values, yerr=errors, linestyle=line, **style
+            )
             by_clean.errorbar(
                 [100 * r.sl_clean for _, r, _ in found],
                 values,
