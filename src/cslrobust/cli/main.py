@@ -19,6 +19,8 @@ from cslrobust.errors import CslRobustError
 
 if TYPE_CHECKING:  # the commands import their modules lazily (fast --help)
     from cslrobust.config import RunConfig
+    from cslrobust.study.runner import Cell
+    from cslrobust.study.spec import StudySpec
 
 
 class _OneLineErrors(TyperGroup):
@@ -383,6 +385,36 @@ def analyze_command(
     _guard(call)
 
 
+def _study_report(spec: StudySpec, cells: list[Cell] | None, wall: float | None) -> None:
+    """Write one study's report from its database and echo its summary."""
+    from cslrobust.study.report import write_report
+    from cslrobust.study.runner import open_store, study_cells
+
+    with open_store(spec) as store:
+        text, report = write_report(
+            f"Study {spec.name}",
+            cells if cells is not None else study_cells(spec),
+            store,
+            spec.report_folder,
+            supervised=spec.supervised_method,
+            contrastive=spec.contrastive_method,
+            wall_seconds=wall,
+        )
+    _echo("\n" + text)
+    timing = f"wall time {wall / 60:.1f} min; " if wall is not None else ""
+    _echo(f"\n{timing}report: {report} (and report.html)")
+
+
+def _budget_report(spec: StudySpec) -> None:
+    """With budgets: the report across them (each budget's own report is written before)."""
+    from cslrobust.study.report import write_budget_report
+
+    if spec.budgets:
+        text, report = write_budget_report(spec)
+        _echo("\n" + text)
+        _echo(f"\nbudget report: {report} (and report.html)")
+
+
 @study_app.command("run")
 def study_run_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file (see presets/).")],
@@ -398,32 +430,21 @@ def study_run_command(
 ) -> None:
     """Run every missing stage of every (method, seed) cell, then write the report."""
     from cslrobust.distributed import is_main
-    from cslrobust.study.report import write_report
-    from cslrobust.study.runner import open_store, run_study
+    from cslrobust.study.runner import run_study
     from cslrobust.study.spec import load_study
 
     def call() -> None:
-        tic = time.perf_counter()
         spec = load_study(study, set_ or [])
-        _echo(
-            f"study {spec.name}: {len(spec.methods)} methods x {len(spec.seeds)} seeds -> {spec.output_dir}"
-        )
-        cells = run_study(spec, progress=progress, echo=typer.echo, wait=wait)
-        wall = time.perf_counter() - tic
-        if not is_main():  # under torchrun rank 0 writes the report
-            return
-        with open_store(spec) as store:
-            text, report = write_report(
-                f"Study {spec.name}",
-                cells,
-                store,
-                spec.report_folder,
-                supervised=spec.supervised_method,
-                contrastive=spec.contrastive_method,
-                wall_seconds=wall,
+        for _, sub in spec.budget_studies():
+            tic = time.perf_counter()
+            _echo(
+                f"study {sub.name}: {len(sub.methods)} methods x {len(sub.seeds)} seeds -> {sub.output_dir}"
             )
-        _echo("\n" + text)
-        _echo(f"\nwall time {wall / 60:.1f} min; report: {report} (and report.html)")
+            cells = run_study(sub, progress=progress, echo=typer.echo, wait=wait)
+            if is_main():  # under torchrun rank 0 writes the report
+                _study_report(sub, cells, time.perf_counter() - tic)
+        if is_main():
+            _budget_report(spec)
 
     _guard(call)
 
@@ -434,23 +455,13 @@ def study_report_command(
     set_: SetOption = None,
 ) -> None:
     """Rewrite the report from the results database (runs no model)."""
-    from cslrobust.study.report import write_report
-    from cslrobust.study.runner import open_store, study_cells
     from cslrobust.study.spec import load_study
 
     def call() -> None:
         spec = load_study(study, set_ or [])
-        with open_store(spec) as store:
-            text, report = write_report(
-                f"Study {spec.name}",
-                study_cells(spec),
-                store,
-                spec.report_folder,
-                supervised=spec.supervised_method,
-                contrastive=spec.contrastive_method,
-            )
-        _echo(text)
-        _echo(f"report: {report} (and report.html)")
+        for _, sub in spec.budget_studies():
+            _study_report(sub, None, None)
+        _budget_report(spec)
 
     _guard(call)
 
@@ -467,21 +478,24 @@ def study_status_command(
 
     def call() -> None:
         spec = load_study(study, set_ or [])
-        cells = study_cells(spec)
-        with open_store(spec) as store:
-            statuses = store.cell_statuses({c.cell_id: c.stages for c in cells})
-        counts: dict[str, int] = {}
-        for cell, status in zip(cells, statuses, strict=True):
-            counts[status.state] = counts.get(status.state, 0) + 1
-            detail = f"stages done: {','.join(status.stages_done) or '-'}"
-            if status.state in ("running", "interrupted", "failed") and status.stage:
-                detail += f"; {status.state} in {status.stage}"
-            if status.state == "failed" and status.error:
-                detail += f"; error: {status.error}"
-            _echo(f"{status.state:>11}  {cell.config.name:<40} {detail}")
-        _echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-        if (lock := describe_lock(lock_path(spec.output_dir))) is not None:
-            _echo(lock)
+        for budget, sub in spec.budget_studies():
+            if budget:
+                _echo(f"budget {budget} ({sub.output_dir}):")
+            cells = study_cells(sub)
+            with open_store(sub) as store:
+                statuses = store.cell_statuses({c.cell_id: c.stages for c in cells})
+            counts: dict[str, int] = {}
+            for cell, status in zip(cells, statuses, strict=True):
+                counts[status.state] = counts.get(status.state, 0) + 1
+                detail = f"stages done: {','.join(status.stages_done) or '-'}"
+                if status.state in ("running", "interrupted", "failed") and status.stage:
+                    detail += f"; {status.state} in {status.stage}"
+                if status.state == "failed" and status.error:
+                    detail += f"; error: {status.error}"
+                _echo(f"{status.state:>11}  {cell.config.name:<40} {detail}")
+            _echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+            if (lock := describe_lock(lock_path(sub.output_dir))) is not None:
+                _echo(lock)
 
     _guard(call)
 

@@ -23,7 +23,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from cslrobust.config import (
     RunConfig,
@@ -61,6 +68,35 @@ class StudySpec(BaseModel):
     contrastive_method: str = "simclr"  # the CSL reference
     base: dict[str, Any] = Field(default_factory=dict)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
+    # Training budgets (name -> overrides of base, e.g. data.train_per_class, train.epochs): each is
+    # a study of its own under output_dir/<name> (cells, database, lock, report), and the budget
+    # report at the top compares the gap SL - CSL across them. Empty: one study, as written.
+    budgets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def budget_studies(self) -> list[tuple[str, StudySpec]]:
+        """``(budget name, study)`` per budget, in file order; ``[("", self)]`` without budgets.
+
+        A budget's study is this one with the budget's overrides merged into ``base`` (methods
+        still override both), named ``<name>-<budget>``, in ``<output_dir>/<budget>`` (its report
+        in ``<report folder>/<budget>``); a relative ``storage`` URL is relative to that folder.
+        """
+        if not self.budgets:
+            return [("", self)]
+        return [
+            (
+                budget,
+                self.model_copy(
+                    update={
+                        "name": f"{self.name}-{budget}",
+                        "output_dir": self.output_dir / budget,
+                        "report_dir": self.report_folder / budget,
+                        "base": deep_merge(self.base, overrides),
+                        "budgets": {},
+                    }
+                ),
+            )
+            for budget, overrides in self.budgets.items()
+        ]
 
     @property
     def report_folder(self) -> Path:
@@ -85,12 +121,13 @@ class StudySpec(BaseModel):
             raise ValueError(f"seed {repeated[0]} is listed twice; expected distinct seeds")
         return value
 
-    @field_validator("methods")
+    @field_validator("methods", "budgets")
     @classmethod
-    def _method_names(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _names(cls, value: dict[str, dict[str, Any]], info: ValidationInfo) -> dict[str, Any]:
+        noun = "method" if info.field_name == "methods" else "budget"
         for name in value:
             if not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"method name {name!r} must be letters, digits, '_' or '-'")
+                raise ValueError(f"{noun} name {name!r} must be letters, digits, '_' or '-'")
         return value
 
 
@@ -134,7 +171,11 @@ def load_study(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
     spec = spec.model_copy(
         update={"output_dir": output_dir, "report_dir": report_dir, "base": base}
     )
-    expand_study(spec)  # validate every cell now, before anything runs
+    for budget, study in spec.budget_studies():  # validate every cell now, before anything runs
+        try:
+            expand_study(study)
+        except ConfigError as err:
+            raise ConfigError(f"budget {budget!r}: {err}" if budget else str(err)) from None
     return spec
 
 

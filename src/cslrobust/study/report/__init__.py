@@ -6,6 +6,7 @@ sections (:mod:`~cslrobust.study.report.sections`); importing this package regis
 (findings, clean, attacks, frontier, evaluation, corruptions, detector, geometry, gates).
 """
 
+from cslrobust.study.report.budget import write_budget_report
 from cslrobust.study.report.findings import CLAIMS, Finding, assess_claims, register_claim
 from cslrobust.study.report.frontier import frontier_table, method_trajectory
 from cslrobust.study.report.mechanism import detector_table, geometry_table, geometry_vs_robustness
@@ -71,5 +72,6 @@ __all__ = [
     "robust_table",
     "select_sections",
     "success_table",
+    "write_budget_report",
     "write_report",
 ]

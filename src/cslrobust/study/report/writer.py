@@ -168,6 +168,14 @@ def _html(title: str, intro: list[IntroLine], out: SectionOutput) -> str:
     )
 
 
+def render_report(title: str, intro: list[IntroLine], out: SectionOutput, folder: Path) -> Path:
+    """Write ``report.md`` and ``report.html`` (plots embedded) into ``folder``; the markdown's path."""
+    report = folder / "report.md"
+    report.write_text(_markdown(title, intro, out))
+    (folder / "report.html").write_text(_html(title, intro, out))
+    return report
+
+
 def write_report(
     title: str,
     cells: Sequence[Cell],
@@ -233,9 +241,7 @@ def write_report(
 
     failures = gate_failures(res)
     intro = _gate_lines(cells, res, failures)
-    report = folder / "report.md"
-    report.write_text(_markdown(title, intro, out))
-    (folder / "report.html").write_text(_html(title, intro, out))
+    report = render_report(title, intro, out, folder)
 
     summary = list(out.summary)
     if failures:
