@@ -48,3 +48,17 @@ def permissions_ignored() -> bool:
         finally:
             folder.chmod(0o755)
         return True
+
+
+def one_line_error(args: list[str]) -> str:
+    """Invoke the CLI, check exit 2 with exactly one line on stderr and no traceback; the line."""
+    from typer.testing import CliRunner
+
+    from cslrobust.cli.main import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]

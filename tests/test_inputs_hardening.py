@@ -4,10 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import permissions_ignored
+from tests.conftest import one_line_error, permissions_ignored
 from typer.testing import CliRunner
 
-from cslrobust.cli.main import app
 from cslrobust.config import RunConfig, build_run_config, parse_override, read_yaml, save_config
 from cslrobust.distributed import check_device_available
 from cslrobust.errors import ConfigError
@@ -20,16 +19,6 @@ runner = CliRunner()
 SKIP_ROOT = pytest.mark.skipif(
     permissions_ignored(), reason="this process ignores permission bits (root)"
 )
-
-
-def one_line_error(args: list[str]) -> str:
-    """Invoke the CLI, check exit 2 with exactly one line on stderr and no traceback; the line."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture

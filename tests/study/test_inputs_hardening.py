@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.conftest import permissions_ignored
+from tests.conftest import one_line_error, permissions_ignored
 from typer.testing import CliRunner
 
 from cslrobust.cli.main import app
@@ -26,16 +26,6 @@ objective: {{name: supervised}}
 train: {{epochs: 1, batch_size: 32, tensorboard: false, log_every: 1}}
 probe: {{epochs: 2, batch_size: 32}}
 """
-
-
-def one_line_error(args: list[str]) -> str:
-    """Invoke the CLI, check exit 2 with exactly one line on stderr and no traceback; the line."""
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture

@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from cslrobust.models import Encoder, build_encoder
-from cslrobust.objectives import OBJECTIVES, Objective, build_objective
+from cslrobust.objectives import OBJECTIVES, HeadKind, Objective, build_objective
 from cslrobust.training import build_sgd
 
 
 def toy_setup(
-    objective_name: str = "supervised", *, seed: int = 0, lr: float = 0.05
+    objective_name: str = "supervised",
+    *,
+    seed: int = 0,
+    lr: float = 0.05,
+    width: int = 4,
+    weight_decay: float = 5e-4,
 ) -> tuple[Objective, Encoder, torch.optim.Optimizer]:
-    """A width-4 ResNet-18 for 4 classes with its objective and SGD (momentum 0.9, decay 5e-4)."""
+    """A small ResNet-18 for 4 classes (projector 4w -> 2w) with its objective and SGD (momentum 0.9)."""
     torch.manual_seed(seed)
     objective = build_objective(OBJECTIVES.section(objective_name))
     encoder = build_encoder(
         "resnet18",
-        width=4,
+        width=width,
         head_kind=objective.head_kind,
         num_classes=4,
-        proj_hidden_dim=16,
-        proj_dim=8,
+        proj_hidden_dim=4 * width,
+        proj_dim=2 * width,
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
     )
-    return objective, encoder, build_sgd(encoder, lr=lr, momentum=0.9, weight_decay=5e-4)
+    return objective, encoder, build_sgd(encoder, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+@dataclass
+class WrappedObjective:
+    """An objective that delegates to ``inner``; tests override ``__call__`` to inject faults."""
+
+    inner: Objective
+
+    @property
+    def n_views(self) -> int:
+        return self.inner.n_views
+
+    @property
+    def head_kind(self) -> HeadKind:
+        return self.inner.head_kind

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.training.conftest import toy_setup
+from tests.training.conftest import WrappedObjective, toy_setup
 
 from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
 from cslrobust.errors import TrainingDivergedError
-from cslrobust.objectives import OBJECTIVES, LossOutput, Objective
+from cslrobust.objectives import OBJECTIVES, LossOutput
 from cslrobust.training import LoopSettings, latest_checkpoint, train, warmup_cosine
 
 
@@ -80,17 +80,8 @@ def test_resume_gives_the_same_weights_as_straight_training(tmp_path: Path):
 
 
 @dataclass
-class _ExplodesAtEpoch:
-    inner: Objective
+class _ExplodesAtEpoch(WrappedObjective):
     epoch: int
-
-    @property
-    def n_views(self) -> int:
-        return self.inner.n_views
-
-    @property
-    def head_kind(self):
-        return self.inner.head_kind
 
     def __call__(self, outputs, index, labels, *, generator=None, epoch=0) -> LossOutput:
         out = self.inner(outputs, index, labels, generator=generator, epoch=epoch)

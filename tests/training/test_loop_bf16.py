@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.training.conftest import toy_setup
 
 from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
-from cslrobust.models import build_encoder
-from cslrobust.objectives import OBJECTIVES, build_objective
-from cslrobust.training import LoopSettings, build_sgd, train, warmup_cosine
+from cslrobust.training import LoopSettings, train, warmup_cosine
 
 LOSS_RTOL = 2e-2
 MIN_UPDATE_COSINE = 0.9
@@ -42,20 +41,8 @@ def _one_step(tmp: Path, name: str, precision: str, seed: int = 3) -> tuple[floa
 
     ``seed`` is the loop's seed: it draws the views (the initialisation is fixed).
     """
-    torch.manual_seed(0)
-    objective = build_objective(OBJECTIVES.section(name))
-    encoder = build_encoder(
-        "resnet18",
-        width=8,
-        head_kind=objective.head_kind,
-        num_classes=4,
-        proj_hidden_dim=32,
-        proj_dim=16,
-        mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25),
-    )
+    objective, encoder, optimizer = toy_setup(name, width=8, weight_decay=0.0)
     before = [p.detach().clone() for p in encoder.parameters()]
-    optimizer = build_sgd(encoder, lr=0.05, momentum=0.9, weight_decay=0.0)
     settings = LoopSettings(
         epochs=1, batch_size=BATCH, seed=seed, log_every=1, progress=False, precision=precision
     )
