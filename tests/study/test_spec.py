@@ -67,3 +67,12 @@ def test_report_folder_defaults_to_output_dir_and_resolves_report_dir(tmp_path: 
     spec = load_study(path)
     assert spec.report_folder == (tmp_path / "out" / "other").resolve()
     assert spec.output_dir == (tmp_path / "out").resolve()  # cells stay shared
+
+
+def test_trajectory_stage_without_kept_checkpoints_is_an_error(synthetic_study):
+    with pytest.raises(ConfigError, match="stage 'trajectory' keeps no checkpoint"):
+        load_study(synthetic_study(), ["stages=[train,probe,attack,trajectory]"])
+    spec = load_study(
+        synthetic_study(), ["stages=[train,probe,attack,trajectory]", "trajectory_every=1"]
+    )
+    assert "trajectory" in spec.stages

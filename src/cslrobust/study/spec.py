@@ -30,6 +30,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from cslrobust.config import (
@@ -112,6 +113,15 @@ class StudySpec(BaseModel):
             if name not in STAGES:
                 raise ValueError(f"unknown stage {name!r}; expected one of {STAGES.names()}")
         return value
+
+    @model_validator(mode="after")
+    def _trajectory_has_checkpoints(self) -> StudySpec:
+        if "trajectory" in self.stages and not (self.trajectory_every or self.match_clean_accuracy):
+            raise ValueError(
+                "stage 'trajectory' keeps no checkpoint to evaluate; expected trajectory_every > 0 "
+                "or match_clean_accuracy: true (the stage is then added by itself)"
+            )
+        return self
 
     @field_validator("seeds")
     @classmethod
