@@ -19,7 +19,7 @@ import numpy as np
 
 from cslrobust.statistics import Estimate, MatchedGap, matched_gaps
 from cslrobust.study.report.frontier import method_trajectory
-from cslrobust.study.report.plots import _save, _subplots
+from cslrobust.study.report.plots import new_figure, save_png
 from cslrobust.study.report.results import Note, StudyResults, Table, current_rows
 from cslrobust.study.report.robustness import BudgetGap, budget_gaps
 from cslrobust.study.report.sections import SectionOutput
@@ -182,7 +182,7 @@ def plot_budget_gaps(results: list[BudgetResult], path: Path) -> Path | None:
     points = [(i, r, g) for i, r in enumerate(results) for g in r.gaps]
     if not points:
         return None
-    fig, (by_budget, by_clean) = _subplots((11, 4.2), ncols=2, sharey=True)
+    fig, (by_budget, by_clean) = new_figure((11, 4.2), ncols=2, sharey=True)
     labels = list(dict.fromkeys(g.label for _, _, g in points))
     for n, label in enumerate(labels):
         chosen = [(i, r, g) for i, r, g in points if g.label == label]
@@ -219,7 +219,7 @@ def plot_budget_gaps(results: list[BudgetResult], path: Path) -> Path | None:
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.grid(alpha=0.3)
     by_clean.legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def write_budget_report(spec: StudySpec) -> tuple[str, Path]:

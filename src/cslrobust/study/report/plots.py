@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 DPI = 120
 
 
-def _subplots(
+def new_figure(
     figsize: tuple[float, float], ncols: int = 1, *, sharey: bool = False
 ) -> tuple[Figure, Any]:
     """A figure with its own Agg canvas and a row of ``ncols`` axes (one Axes when ``ncols`` is 1)."""
@@ -34,7 +34,7 @@ def _subplots(
     return fig, fig.subplots(1, ncols, sharey=sharey)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
     """Lay out and write ``fig`` as PNG to ``path``."""
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -74,7 +74,7 @@ def plot_robust(res: StudyResults, attack: str, path: Path) -> Path | None:
     budgets = [b for b in res.budgets(attack) if b[0] == "linf"]
     if not budgets:
         return None
-    fig, ax = _subplots((6.4, 4.2))
+    fig, ax = new_figure((6.4, 4.2))
     for method in res.methods:
         xs, ys, lo, hi = [], [], [], []
         for norm, eps in budgets:
@@ -93,7 +93,7 @@ def plot_robust(res: StudyResults, attack: str, path: Path) -> Path | None:
     ax.set_title("Robust accuracy vs perturbation size (95% bands)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_gap_closure(plot_data: dict[str, list[tuple[str, Estimate]]], path: Path) -> Path | None:
@@ -111,7 +111,7 @@ def plot_gap_closure(plot_data: dict[str, list[tuple[str, Estimate]]], path: Pat
         return None
     labels = [label for label, _ in next(iter(plot_data.values()))]
     width = 0.8 / len(plot_data)
-    fig, ax = _subplots((6.4, 4.2))
+    fig, ax = new_figure((6.4, 4.2))
     for i, (method, items) in enumerate(plot_data.items()):
         xs = np.arange(len(items)) + i * width
         vals = np.array([100 * e.value for _, e in items])
@@ -128,7 +128,7 @@ def plot_gap_closure(plot_data: dict[str, list[tuple[str, Estimate]]], path: Pat
     ax.set_ylabel("robustness gap closed (%)")
     ax.set_title("Gap closed relative to SL - CSL (95% bootstrap)")
     ax.legend()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:
@@ -144,7 +144,7 @@ def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:
     methods = [m for m in res.methods if res.values(m, "train/fn_precision")]
     if not methods:
         return None
-    fig, axes = _subplots((9, 3.6), 2, sharey=True)
+    fig, axes = new_figure((9, 3.6), 2, sharey=True)
     for ax, key in zip(axes, ("fn_precision", "fn_recall"), strict=True):
         for method in methods:
             by_epoch: dict[int, list[float]] = {}
@@ -162,7 +162,7 @@ def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("%")
     axes[1].legend(fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_frontier(
@@ -186,7 +186,7 @@ def plot_frontier(
     if not panels:
         return None
     methods = list(dict.fromkeys(m for lines in panels.values() for m in lines))
-    fig, axes = _subplots((3.4 * len(panels) + 1.0, 3.8), len(panels), sharey=True)
+    fig, axes = new_figure((3.4 * len(panels) + 1.0, 3.8), len(panels), sharey=True)
     for ax, (label, lines) in zip(np.atleast_1d(axes), panels.items(), strict=True):
         for method, (clean, robust) in lines.items():
             xs, ys = 100 * clean.mean(axis=0), 100 * robust.mean(axis=0)
@@ -200,4 +200,4 @@ def plot_frontier(
     first = np.atleast_1d(axes)[0]
     first.set_ylabel(f"{attack.upper()} robust accuracy (%)")
     first.legend(fontsize=7, title="star: final epoch", title_fontsize=7)
-    return _save(fig, path)
+    return save_png(fig, path)
