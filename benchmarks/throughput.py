@@ -75,6 +75,7 @@ from cslrobust.data import TensorImageDataset
 from cslrobust.models import Classifier, build_encoder
 from cslrobust.models.heads import LinearHead
 from cslrobust.objectives import OBJECTIVES, SimCLRSection, build_objective
+from cslrobust.objectives.method import build_method
 from cslrobust.training import LoopSettings, build_sgd, train, warmup_cosine
 
 # CIFAR-10 training-set channel statistics (used for the normalisation buffers on random images).
@@ -167,8 +168,7 @@ def loop_rate(
     )
     with tempfile.TemporaryDirectory() as tmp:
         result = train(
-            encoder,
-            objective,
+            build_method(objective, encoder),
             build_augment(SimCLRAugmentSection()).to(device),
             data,
             optimizer,
@@ -384,8 +384,7 @@ def gpu_epoch_variant(
         torch.cuda.synchronize(device)
         ends.append(time.perf_counter())
         result = train(
-            encoder,
-            objective,
+            build_method(objective, encoder),
             make_views,
             data,
             optimizer,
@@ -637,8 +636,7 @@ def _multiproc_worker(
             sync_batchnorm=cfg["sync_batchnorm"],
         )
         result = train(
-            encoder,
-            objective,
+            build_method(objective, encoder),
             build_augment(SimCLRAugmentSection()).to(device),
             data,
             optimizer,

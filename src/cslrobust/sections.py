@@ -50,12 +50,15 @@ class ObjectiveSection(Section):
         name: Registry key of the objective (each subclass fixes it).
         head_kind: The head the objective trains on, known without building the objective (loading
             a trained encoder needs it).
+        family: The method family the report groups it in (``supervised``, ``contrastive``,
+            ``fn_removal``, ``negative_free``: ``cslrobust.objectives.FAMILIES``).
         later_defaults: Keys added to the section after runs were made with it, with their
             default; a key at that default stays out of the run id, so earlier ids stay valid.
     """
 
     name: str
     head_kind: ClassVar[HeadKind]
+    family: ClassVar[str] = "contrastive"
 
 
 class AugmentSection(Section):

@@ -11,18 +11,22 @@ from pathlib import Path
 import torch
 
 from cslrobust.data import TensorImageDataset
-from cslrobust.distributed import context, convert_global_batchnorm
+from cslrobust.distributed import context, convert_global_batchnorm, gather_equal
 from cslrobust.models import build_encoder
 from cslrobust.objectives import (
+    BarlowTwinsSection,
+    BYOLSection,
     ObjectiveSection,
     OracleSection,
     SimCLRFNRSection,
     SimCLRSection,
+    SimSiamSection,
     SupConSection,
     build_objective,
 )
+from cslrobust.objectives.method import build_method
 from cslrobust.training import LoopSettings, build_sgd, train, warmup_cosine
-from cslrobust.training.loop import _forward, _step_model
+from cslrobust.training.loop import _step_model, _ViewRunner
 
 GLOBAL_BATCH = 8
 N_CLASSES = 3
@@ -30,6 +34,9 @@ OBJECTIVES: dict[str, ObjectiveSection] = {
     "simclr": SimCLRSection(),
     "supcon": SupConSection(),
     "simclr_fnr": SimCLRFNRSection(fn=OracleSection(mode="eliminate")),
+    "byol": BYOLSection(predictor_hidden_dim=16),
+    "simsiam": SimSiamSection(predictor_hidden_dim=8),
+    "barlow": BarlowTwinsSection(),
 }
 
 
@@ -69,31 +76,49 @@ class _Batch:
         self.index, self.images, self.labels = index, images, labels
 
 
+def _method(objective_name: str):
+    """The method of ``objective_name`` around a fresh encoder (predictor seeded on its own)."""
+    objective = build_objective(OBJECTIVES[objective_name])
+    model = encoder(objective.head_kind)
+    torch.manual_seed(7)
+    return build_method(objective, model)
+
+
 def loss_and_grads(rank: int, world_size: int, objective_name: str) -> dict[str, torch.Tensor]:
     """One training step's loss and parameter gradients on the fixed global batch.
 
-    Rank ``r`` of ``W`` takes the ``r``-th contiguous slice; the loop's forward gathers the global
-    batch, DDP averages the gradients and global BatchNorm uses the statistics of all ranks.
+    Rank ``r`` of ``W`` takes the ``r``-th contiguous slice; the loop's runner gathers the global
+    batch, DDP averages the gradients and global BatchNorm uses the statistics of all ranks (target
+    networks included).
     """
-    objective = build_objective(OBJECTIVES[objective_name])
-    model = encoder(objective.head_kind)
+    method = _method(objective_name)
     settings = LoopSettings(epochs=1, batch_size=GLOBAL_BATCH, seed=0, progress=False)
-    step_model = _step_model(model, settings, torch.device("cpu"))
+    network = _step_model(method, settings, torch.device("cpu"))
     images, labels, index = global_batch()
     per_rank = GLOBAL_BATCH // world_size
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
-    batch = _Batch(index[mine], images[mine], labels[mine])
-    model.train()
-    outputs, g_index, g_labels = _forward(
-        step_model, fixed_views, batch, objective.n_views, settings
-    )
+    for module in method.modules().values():
+        module.train()
+    views = fixed_views(images[mine], method.n_views)
+    run = _ViewRunner(method.n_views, per_rank, "fp32")
     generator = torch.Generator().manual_seed(5)
-    out = objective(outputs, g_index, g_labels, generator=generator, epoch=0)
+    out = method.loss(
+        run,
+        network,
+        views,
+        gather_equal(index[mine]),
+        gather_equal(labels[mine]),
+        generator=generator,
+        epoch=0,
+    )
     out.loss.backward()
-    grads = {
-        name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None
+    named = method.network().named_parameters()
+    grads = {name: p.grad.detach().clone() for name, p in named if p.grad is not None}
+    buffers = {
+        f"buffer/{key}/{name}": b.detach().clone()
+        for key, module in method.modules().items()
+        for name, b in module.named_buffers()
     }
-    buffers = {f"buffer/{name}": b.detach().clone() for name, b in model.named_buffers()}
     return {"loss": out.loss.detach(), **grads, **buffers}
 
 
@@ -124,24 +149,31 @@ def batchnorm_step(rank: int, world_size: int) -> dict[str, torch.Tensor]:
 
 
 def train_run(
-    rank: int, world_size: int, folder: str, epochs: int, resume: bool
+    rank: int,
+    world_size: int,
+    folder: str,
+    epochs: int,
+    resume: bool,
+    objective_name: str = "simclr_fnr",
 ) -> dict[str, torch.Tensor]:
-    """``train()`` on a tiny data set with deterministic views; returns the final weights."""
+    """``train()`` on a tiny data set with deterministic views; returns the final weights and state."""
     del rank
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g)
     labels = torch.arange(16) % N_CLASSES
     data = TensorImageDataset(images, labels)
-    objective = build_objective(SimCLRFNRSection())
-    model = encoder(objective.head_kind)
-    optimizer = build_sgd(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    method = _method(objective_name) if objective_name != "simclr_fnr" else None
+    if method is None:  # the default oracle section, as before
+        model = encoder("projector")
+        method = build_method(build_objective(SimCLRFNRSection()), model)
+    model = method.encoder
+    optimizer = build_sgd(method.network(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     settings = LoopSettings(
         epochs=epochs, batch_size=GLOBAL_BATCH, seed=3, log_every=1, progress=False
     )
     steps = data.num_batches(GLOBAL_BATCH // world_size, True, world_size) * epochs
     result = train(
-        model,
-        objective,
+        method,
         fixed_views,
         data,
         optimizer,
@@ -155,6 +187,7 @@ def train_run(
         "epochs": torch.tensor(result.epochs_completed),
         "loss": torch.tensor([h["loss"] for h in result.history]),
         **{k: v.detach().clone() for k, v in model.state_dict().items()},
+        **{f"method/{k}": v.detach().clone() for k, v in method.state_dict().items()},
     }
 
 

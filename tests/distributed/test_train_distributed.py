@@ -64,9 +64,10 @@ def test_collectives_are_identities_in_one_process():
 
 
 @pytest.mark.slow
-def test_two_process_training_matches_one_process_and_resumes(tmp_path):
-    single = workers.train_run(0, 1, str(tmp_path / "one"), 2, False)
-    straight = run_ranks(workers.train_run, 2, str(tmp_path / "two"), 2, False)
+@pytest.mark.parametrize("objective", ["simclr_fnr", "byol"])
+def test_two_process_training_matches_one_process_and_resumes(tmp_path, objective: str):
+    single = workers.train_run(0, 1, str(tmp_path / "one"), 2, False, objective)
+    straight = run_ranks(workers.train_run, 2, str(tmp_path / "two"), 2, False, objective)
     # Ranks agree bitwise (DDP keeps replicas identical), and the global batches are those of one
     # process (data sharding), so the weights match one process up to summation order: after four
     # steps on 8-image batches rounding differences have grown to ~1e-4 (measured 7e-5); the
@@ -78,8 +79,8 @@ def test_two_process_training_matches_one_process_and_resumes(tmp_path):
                 straight[0][key].float(), single[key].float(), rtol=1e-3, atol=5e-4, msg=key
             )
     # Rank 0 wrote the checkpoints; both ranks resume from them for the second epoch.
-    run_ranks(workers.train_run, 2, str(tmp_path / "resumed"), 1, False)
-    resumed = run_ranks(workers.train_run, 2, str(tmp_path / "resumed"), 2, True)
+    run_ranks(workers.train_run, 2, str(tmp_path / "resumed"), 1, False, objective)
+    resumed = run_ranks(workers.train_run, 2, str(tmp_path / "resumed"), 2, True, objective)
     for key in single:
         if key != "loss":
             torch.testing.assert_close(resumed[1][key], straight[1][key], msg=key)

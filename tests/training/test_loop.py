@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.training.conftest import WrappedObjective, toy_setup
+from tests.training.conftest import WrappedObjective, as_method, toy_setup
 
 from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
@@ -32,8 +32,7 @@ def _run(tmp: Path, objective_name: str, epochs: int, *, resume=False, hooks=(),
     steps = data.num_batches(16, True) * epochs
     schedule = warmup_cosine(0.05, steps, warmup_steps=2)
     result = train(
-        encoder,
-        objective,
+        as_method(objective, encoder),
         build_augment(SimCLRAugmentSection()),
         data,
         optimizer,
@@ -55,8 +54,11 @@ def test_every_objective_trains_through_the_one_loop(tmp_path: Path, name: str):
     assert ckpt is not None and ckpt.epoch == 1
 
 
-def test_resume_gives_the_same_weights_as_straight_training(tmp_path: Path):
-    straight, _ = _run(tmp_path / "a", "simclr_fnr", epochs=2)
+@pytest.mark.parametrize("name", ["simclr_fnr", "byol", "simsiam"])
+def test_resume_gives_the_same_weights_as_straight_training(tmp_path: Path, name: str):
+    """Exact resume, the method's own state included (BYOL's target and momentum, predictors)."""
+    first = _setup(name)
+    straight, _ = _run(tmp_path / "a", name, epochs=2, setup=first)
 
     class Interrupt(Exception):
         pass
@@ -66,17 +68,22 @@ def test_resume_gives_the_same_weights_as_straight_training(tmp_path: Path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        _run(tmp_path / "b", "simclr_fnr", epochs=2, hooks=[stop_after_first])
+        _run(tmp_path / "b", name, epochs=2, hooks=[stop_after_first])
     assert latest_checkpoint(tmp_path / "b").epoch == 1
     # A fresh process would build a new model with a different init: resume must overwrite it.
-    resumed, result = _run(
-        tmp_path / "b", "simclr_fnr", epochs=2, resume=True, setup=_setup("simclr_fnr", 9)
-    )
+    second = _setup(name, 9)
+    resumed, result = _run(tmp_path / "b", name, epochs=2, resume=True, setup=second)
     assert result.resumed_from == 1 and result.epochs_completed == 2
     for (key, a), b in zip(
         straight.state_dict().items(), resumed.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), key
+    straight_state = as_method(first[0], first[1]).state_dict()
+    resumed_state = as_method(second[0], second[1]).state_dict()
+    assert straight_state.keys() == resumed_state.keys()
+    assert bool(straight_state) == (name != "simclr_fnr")
+    for key, value in straight_state.items():
+        assert torch.equal(value, resumed_state[key]), key
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.training.conftest import toy_setup
+from tests.training.conftest import as_method, toy_setup
 
 from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
@@ -47,8 +47,7 @@ def _one_step(tmp: Path, name: str, precision: str, seed: int = 3) -> tuple[floa
         epochs=1, batch_size=BATCH, seed=seed, log_every=1, progress=False, precision=precision
     )
     result = train(
-        encoder,
-        objective,
+        as_method(objective, encoder),
         build_augment(SimCLRAugmentSection()),
         _data(),
         optimizer,

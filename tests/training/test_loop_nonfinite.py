@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tests.training.conftest import WrappedObjective, toy_setup
+from tests.training.conftest import WrappedObjective, as_method, toy_setup
 
 from cslrobust.augment import SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
@@ -30,8 +30,7 @@ def _train(tmp: Path, epochs: int, *, lr: float = 0.05, objective=None, resume=F
     settings = LoopSettings(epochs=epochs, batch_size=16, seed=3, log_every=2, progress=False)
     schedule = warmup_cosine(lr, STEPS_PER_EPOCH * epochs, warmup_steps=0)
     return train(
-        encoder,
-        objective or base,
+        as_method(objective or base, encoder),
         build_augment(SimCLRAugmentSection()),
         data,
         optimizer,

@@ -4,6 +4,7 @@ Importing this package registers every built-in objective in :data:`OBJECTIVES` 
 detector in :data:`FN_DETECTORS`, each with its typed config section.
 """
 
+from cslrobust.objectives.barlow import BarlowTwinsObjective, BarlowTwinsSection
 from cslrobust.objectives.contrastive import (
     Reduction,
     info_nce,
@@ -40,7 +41,22 @@ from cslrobust.objectives.masks import (
     label_positive_mask,
     negative_mask,
 )
+from cslrobust.objectives.method import (
+    MethodObjective,
+    ObjectiveMethod,
+    TrainingMethod,
+    ViewRunner,
+    build_method,
+)
+from cslrobust.objectives.negative_free import (
+    BYOLObjective,
+    BYOLSection,
+    PredictorMethod,
+    SimSiamObjective,
+    SimSiamSection,
+)
 from cslrobust.objectives.objective import (
+    FAMILIES,
     OBJECTIVES,
     BankObjective,
     HeadKind,
@@ -50,6 +66,7 @@ from cslrobust.objectives.objective import (
     StatefulObjective,
     build_objective,
     check_batch,
+    family_of,
     load_objective_state,
     objective_needs_bank,
     objective_state,
@@ -61,7 +78,21 @@ from cslrobust.objectives.supcon import SupConObjective, SupConSection
 from cslrobust.objectives.supervised import SupervisedObjective, SupervisedSection
 
 __all__ = [
+    "FAMILIES",
     "FN_DETECTORS",
+    "BYOLObjective",
+    "BYOLSection",
+    "BarlowTwinsObjective",
+    "BarlowTwinsSection",
+    "MethodObjective",
+    "ObjectiveMethod",
+    "PredictorMethod",
+    "SimSiamObjective",
+    "SimSiamSection",
+    "TrainingMethod",
+    "ViewRunner",
+    "build_method",
+    "family_of",
     "OBJECTIVES",
     "BankFalseNegativeDetector",
     "BankObjective",

@@ -159,6 +159,7 @@ class DebiasedSection(ContrastiveSection):
     """Config section of ``debiased``: the temperature and the class prior ``tau_plus``."""
 
     name: Literal["debiased"] = "debiased"
+    family: ClassVar[str] = "fn_removal"
     tau_plus: float = Field(default=0.1, ge=0.0, lt=1.0, description="class prior of 'debiased'")
 
 

@@ -42,6 +42,7 @@ from cslrobust.registry import ComponentRegistry
 from cslrobust.sections import HeadKind, ObjectiveSection
 
 __all__ = [
+    "FAMILIES",
     "OBJECTIVES",
     "BankObjective",
     "HeadKind",
@@ -52,6 +53,7 @@ __all__ = [
     "StatefulObjective",
     "build_objective",
     "check_batch",
+    "family_of",
     "load_objective_state",
     "objective_needs_bank",
     "objective_state",
@@ -286,3 +288,23 @@ def build_objective(section: ObjectiveSection) -> Objective:
         ConfigError: If ``section`` is not a registered objective's section or a value is invalid.
     """
     return OBJECTIVES.entry_for(section).build(section)
+
+
+FAMILIES: dict[str, str] = {
+    "supervised": "supervised",
+    "contrastive": "contrastive with negatives",
+    "fn_removal": "contrastive with false-negative removal",
+    "negative_free": "negative-free",
+}
+"""Method families of the report, in its order: key -> title."""
+
+
+def family_of(section: ObjectiveSection) -> str:
+    """The family key of a configured objective.
+
+    The section class declares it (``family``); a contrastive objective configured with a
+    false-negative detector (an ``fn`` sub-section) belongs to ``fn_removal``.
+    """
+    if section.family == "contrastive" and getattr(section, "fn", None) is not None:
+        return "fn_removal"
+    return section.family

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -227,6 +227,7 @@ class SimCLRFNRSection(ContrastiveSection):
     """
 
     name: Literal["simclr_fnr"] = "simclr_fnr"
+    family: ClassVar[str] = "fn_removal"
     fn: SerializeAsAny[FalseNegativeSection] = Field(default_factory=dict, validate_default=True)
 
     @field_validator("fn", mode="before")

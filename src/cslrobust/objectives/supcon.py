@@ -47,6 +47,7 @@ class SupConSection(ContrastiveSection):
     """Config section of ``supcon`` (``objective: {name: supcon, temperature: ...}``)."""
 
     name: Literal["supcon"] = "supcon"
+    family: ClassVar[str] = "fn_removal"
 
 
 @OBJECTIVES.register("supcon", SupConSection)

@@ -76,6 +76,7 @@ class SupervisedSection(ObjectiveSection):
     """Config section of ``supervised``: cross-entropy with optional label smoothing."""
 
     name: Literal["supervised"] = "supervised"
+    family: ClassVar[str] = "supervised"
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
     views: int = Field(
         default=1,

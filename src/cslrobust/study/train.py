@@ -9,14 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from cslrobust.augment import build_augment
 from cslrobust.config import RunConfig, load_saved_config, save_config
 from cslrobust.distributed import barrier, context, is_main, on_main
 from cslrobust.errors import ConfigError
 from cslrobust.models import Encoder
 from cslrobust.objectives import Objective, build_objective
+from cslrobust.objectives.method import build_method
 from cslrobust.provenance import provenance
 from cslrobust.records import ensure_writable_dir
+from cslrobust.seeding import derive_seed
 from cslrobust.study.run_folder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -83,9 +87,14 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     objective = build_objective(cfg.objective)
     encoder = init_run_encoder(cfg, splits, objective.head_kind)
     make_views = build_augment(cfg.augment).to(cfg.device)
+    # A method's own modules (predictor, target network) draw their initial weights from a stream
+    # of their own: the encoder's initialisation and every later draw are as without them.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "method"))
+        method = build_method(objective, encoder)
     tr = cfg.train
     optimizer = build_sgd(
-        encoder,
+        method.network(),
         lr=tr.peak_lr(),
         momentum=tr.momentum,
         weight_decay=tr.weight_decay,
@@ -135,8 +144,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
                 else None
             )
             result = train(
-                encoder,
-                objective,
+                method,
                 make_views,
                 splits.train,
                 optimizer,

@@ -1,8 +1,11 @@
-"""The one training loop, shared by every objective.
+"""The one training loop, shared by every objective and method.
 
-The loop knows nothing about objective names: it asks the objective how many views it needs, runs the
-encoder on the augmented views and hands the head outputs to the objective, which returns the loss and its
-metrics. Supervised cross-entropy, SimCLR, SupCon and false-negative removal differ only in the objective.
+The loop knows nothing about objective names: it trains a
+:class:`~cslrobust.objectives.method.TrainingMethod`, asking it how many views it needs, handing it the
+augmented views and a runner (precision, gathering across ranks) and backpropagating the loss it returns;
+after each optimiser step it calls the method's hook (EMA targets, queues). A plain objective (supervised
+cross-entropy, SimCLR, SupCon, false-negative removal) is a method whose network is the encoder; BYOL,
+SimSiam and MoCo bring their own.
 
 Reproducibility: the data order, the augmentation parameters and the objective's randomness of epoch ``e``
 are drawn from streams seeded by ``(seed, stream, e)``, so training ``k`` epochs and resuming for the rest
@@ -33,13 +36,8 @@ from cslrobust.distributed import (
     rank_seed_keys,
 )
 from cslrobust.errors import CheckpointError, ConfigError, TrainingDivergedError
-from cslrobust.objectives import (
-    Objective,
-    load_objective_state,
-    objective_needs_bank,
-    objective_state,
-    refresh_objective,
-)
+from cslrobust.objectives import objective_needs_bank, refresh_objective
+from cslrobust.objectives.method import TrainingMethod
 from cslrobust.provenance import provenance
 from cslrobust.run_files import field_error
 from cslrobust.seeding import derive_seed, make_generator, rng_scope
@@ -218,14 +216,14 @@ def _check_finite_weights(
 
 
 def _resume(
-    last: Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer, objective: Objective
+    last: Checkpoint, method: TrainingMethod, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
-    """Load a checkpoint's weights and training state into the model, optimiser and objective.
+    """Load a checkpoint's weights and training state into the encoder, optimiser and method.
 
     Raises:
         CheckpointError: If a file is damaged, unsafe, non-finite or does not fit (one line).
     """
-    load_weights(model, last.model_file, require_finite=True, header=WEIGHTS_HEADER)
+    load_weights(method.encoder, last.model_file, require_finite=True, header=WEIGHTS_HEADER)
     state = load_state(last)
     path = last.state_file
     check_optimizer_state(state["optimizer"], optimizer, path)
@@ -248,18 +246,17 @@ def _resume(
                 "a value",
             )
     try:
-        load_objective_state(objective, state.get("objective", {}))
+        method.load_state_dict(state.get("objective", {}))
     except (ValueError, KeyError, TypeError, RuntimeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise field_error(
-            "state file", path, "objective", "unusable", f"this objective's state ({first})"
+            "state file", path, "objective", "unusable", f"this method's state ({first})"
         ) from None
     return state
 
 
 def train(
-    model: nn.Module,
-    objective: Objective,
+    method: TrainingMethod,
     make_views: ViewFn,
     data: TrainData,
     optimizer: torch.optim.Optimizer,
@@ -272,14 +269,15 @@ def train(
     metric_log: MetricLog | None = None,
     epoch_hooks: Sequence[Callable[[int, dict[str, float]], None]] = (),
 ) -> TrainResult:
-    """Train ``model`` with ``objective`` for ``settings.epochs`` epochs, checkpointing every epoch.
+    """Train ``method`` for ``settings.epochs`` epochs, checkpointing every epoch.
 
     Args:
-        model: Encoder mapping [0,1] images (N, 3, H, W) to head outputs (N, D).
-        objective: Loss plug-in (``n_views``, ``__call__(outputs (V, B, D), index, labels)``).
+        method: What is trained (:func:`~cslrobust.objectives.method.build_method` of the objective
+            and the encoder); ``method.encoder`` maps [0,1] images (N, 3, H, W) to head outputs and is
+            the checkpoint's model, the method's other state goes to ``state.pt``.
         make_views: ``(images (B,3,H,W) in [0,1], n_views) -> (n_views*B, 3, H, W)`` view-major.
         data: Training data yielding device-resident batches.
-        optimizer: Optimiser over ``model``'s parameters.
+        optimizer: Optimiser over ``method.network()``'s parameters (all of them).
         lr_schedule: Learning rate for each optimiser step, shape (epochs * steps_per_epoch,).
         checkpoint_dir: Folder for per-epoch checkpoints.
         settings: Loop settings.
@@ -296,8 +294,11 @@ def train(
             epoch is written, and the message names the last (finite) checkpoint kept.
         CheckpointError: If resuming from an incompatible, damaged or non-finite checkpoint.
     """
+    model = method.encoder
+    objective = method.objective
     device = next(model.parameters()).device
     ctx = context()
+    _check_optimised(method.network(), optimizer)
     local_batch = rank_batch_size(settings.batch_size)
     n_steps = steps_per_epoch(data, settings.batch_size, settings.drop_last)
     if n_steps == 0:
@@ -312,7 +313,7 @@ def train(
     start_epoch = 0
     last = latest_checkpoint(checkpoint_dir) if resume else None
     if last is not None:
-        state = _resume(last, model, optimizer, objective)
+        state = _resume(last, method, optimizer)
         start_epoch = int(state["epoch"])
         result.history = [dict(h) for h in state.get("history", [])]
         result.checkpoint = last
@@ -322,9 +323,9 @@ def train(
                 f"checkpoint at epoch {start_epoch} is past train.epochs={settings.epochs}"
             )
     result.epochs_completed = start_epoch
-    step_model = _step_model(model, settings, device)
+    network = _step_model(method, settings, device)
 
-    n_views = objective.n_views
+    n_views = method.n_views
     for epoch in range(start_epoch, settings.epochs):
         bank_metrics: dict[str, float] = {}
         if objective_needs_bank(objective, epoch):
@@ -336,7 +337,8 @@ def train(
                 epoch=epoch,
                 generator=make_generator(settings.seed, "bank", epoch, device=device),
             )
-        model.train()
+        for module in method.modules().values():
+            module.train()
         data_gen = make_generator(settings.seed, "data", epoch)
         objective_gen = make_generator(settings.seed, "objective", epoch, device=device)
         sums: dict[str, torch.Tensor] = {}
@@ -366,12 +368,21 @@ def train(
             for batch in batches:
                 global_step = epoch * n_steps + step_in_epoch
                 set_lr(optimizer, float(lr_schedule[global_step]))
-                outputs, index, labels = _forward(step_model, make_views, batch, n_views, settings)
-                # Every rank evaluates the objective on the same global batch (same generator).
-                out = objective(outputs, index, labels, generator=objective_gen, epoch=epoch)
+                views = make_views(batch.images, n_views)  # (V*b, 3, H, W)
+                if settings.channels_last:
+                    views = views.contiguous(memory_format=torch.channels_last)
+                # Collectives need the backend's device (NCCL: CUDA): ids travel like the outputs.
+                index = gather_equal(batch.index.to(device))
+                labels = gather_equal(batch.labels.to(device))
+                run = _ViewRunner(n_views, batch.images.shape[0], settings.precision)
+                # Every rank evaluates the loss on the same global batch (same generator).
+                out = method.loss(
+                    run, network, views, index, labels, generator=objective_gen, epoch=epoch
+                )
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 optimizer.step()
+                method.after_step(global_step, total_steps)
 
                 metrics = {"loss": out.loss.detach(), **out.metrics}
                 for key, value in metrics.items():
@@ -403,7 +414,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "history": result.history,
             "rng_cpu": torch.get_rng_state(),
-            "objective": objective_state(objective),
+            "objective": method.state_dict(),
         }
         # Every rank holds the same weights, so every rank stops here together.
         _check_finite_weights(model, state, epoch, result.checkpoint)
@@ -427,45 +438,59 @@ def train(
     return result
 
 
-def _step_model(model: nn.Module, settings: LoopSettings, device: torch.device) -> nn.Module:
-    """The module the steps call: ``model`` with global BN and DDP across ranks, maybe compiled.
+def _check_optimised(network: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The optimiser must hold every trainable parameter of the method's network.
 
-    ``model`` itself stays the one whose weights are checkpointed (DDP and ``torch.compile`` wrap it,
-    sharing its parameters); global BN swaps layers in place with the same parameter names.
+    Raises:
+        ConfigError: If a parameter is missing (e.g. an optimiser built over the encoder alone for a
+            method with a predictor).
     """
-    step_model = model
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [n for n, p in network.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        raise ConfigError(
+            f"the optimiser does not hold {len(missing)} trainable parameter(s) of the method "
+            f"(first {missing[0]!r}); expected an optimiser over method.network()"
+        )
+
+
+def _step_model(method: TrainingMethod, settings: LoopSettings, device: torch.device) -> nn.Module:
+    """The module the steps call: the method's network with DDP across ranks, maybe compiled.
+
+    Across ranks every BatchNorm of every module of the method (target networks included) uses the
+    global batch's statistics; only the network is wrapped in DDP (its gradients are averaged).
+    The network itself stays the one whose weights are checkpointed (DDP and ``torch.compile`` wrap
+    it, sharing its parameters); global BN swaps layers in place with the same parameter names.
+    """
+    step_model = method.network()
     if context().world_size > 1:
         if settings.sync_batchnorm:
-            convert_global_batchnorm(model)
+            for module in method.modules().values():
+                convert_global_batchnorm(module)
         step_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            step_model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if settings.compile:
         step_model = torch.compile(step_model)
     return step_model
 
 
-def _forward(
-    model: nn.Module, make_views: ViewFn, batch: BatchLike, n_views: int, settings: LoopSettings
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Augment this rank's images, run the model, and gather the global batch from every rank.
+class _ViewRunner:
+    """The loop's :class:`~cslrobust.objectives.method.ViewRunner` for one step."""
 
-    Returns:
-        Head outputs (float32, view-major, with gradients flowing back to their rank), instance ids
-        and labels of the global batch; in one process exactly this rank's.
+    def __init__(self, n_views: int, local_batch: int, precision: Precision) -> None:
+        self.n_views = n_views
+        self.local_batch = local_batch
+        self.precision = precision
 
-    Shape:
-        - outputs: ``(V, B, D)`` with ``B`` the global batch
-        - index, labels: ``(B,)``
-    """
-    views = make_views(batch.images, n_views)  # (V*b, 3, H, W)
-    if settings.channels_last:
-        views = views.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(views.device.type, torch.bfloat16, enabled=settings.precision == "bf16"):
-        outputs = model(views)  # (V*b, D)
-    outputs = outputs.float().view(n_views, batch.images.shape[0], -1)  # (V, b, D)
-    outputs = gather_with_grad(outputs, dim=1)  # (V, B, D)
-    # Collectives need the backend's device (NCCL: CUDA): ids travel with the outputs.
-    index = gather_equal(batch.index.to(outputs.device))
-    labels = gather_equal(batch.labels.to(outputs.device))
-    return outputs, index, labels
+    def __call__(
+        self, module: nn.Module, views: torch.Tensor, *, grad: bool = True
+    ) -> torch.Tensor:
+        """Float32 outputs ``(V, B, D)`` of the global batch (gradients to this rank's rows)."""
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            with torch.autocast(
+                views.device.type, torch.bfloat16, enabled=self.precision == "bf16"
+            ):
+                outputs = module(views)  # (V*b, D)
+            outputs = outputs.float().view(self.n_views, self.local_batch, -1)  # (V, b, D)
+            return gather_with_grad(outputs, dim=1)  # (V, B, D)
