@@ -25,9 +25,9 @@ from cslrobust.config import (
 from cslrobust.errors import ConfigError
 from cslrobust.objectives import (
     FN_DETECTORS,
-    MethodObjective,
     OBJECTIVES,
     FalseNegativeDetector,
+    MethodObjective,
     SimCLRFNRSection,
     build_fn_detector,
     build_objective,

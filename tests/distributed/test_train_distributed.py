@@ -18,7 +18,10 @@ from cslrobust.distributed import gather_rows, gather_with_grad, shard
 def _assert_close(single: dict[str, torch.Tensor], multi: dict[str, torch.Tensor]) -> None:
     assert single.keys() == multi.keys()
     for key, value in single.items():
-        torch.testing.assert_close(multi[key], value, rtol=1e-5, atol=1e-5, msg=key)
+        # 1e-5 of the tensor's scale: Barlow Twins' gradients reach ~60, where float32 summation
+        # order alone moves them by ~4e-4 (measured; relative 6e-6).
+        scale = max(1.0, float(value.abs().max())) if value.is_floating_point() else 1.0
+        torch.testing.assert_close(multi[key], value, rtol=1e-5, atol=1e-5 * scale, msg=key)
 
 
 @pytest.mark.slow

@@ -150,7 +150,10 @@ def train_command(
     name: Annotated[str | None, typer.Option(help="Run name (folder under output dir).")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Folder holding run folders.")] = None,
     objective: Annotated[
-        str | None, typer.Option(help="supervised, simclr, supcon or simclr_fnr.")
+        str | None,
+        typer.Option(
+            help="A registered objective: supervised, simclr, supcon, simclr_fnr, debiased, byol, simsiam, barlow, moco."
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs.")] = None,
     seed: Annotated[int | None, typer.Option(help="Run seed.")] = None,
