@@ -30,7 +30,7 @@ from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.training import (
     LoopSettings,
     MetricLog,
-    build_sgd,
+    build_optimizer,
     latest_checkpoint,
     steps_per_epoch,
     train,
@@ -84,13 +84,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
     encoder = init_run_encoder(cfg, splits, objective.head_kind)
     make_views = build_augment(cfg.augment).to(cfg.device)
     tr = cfg.train
-    optimizer = build_sgd(
-        encoder,
-        lr=tr.peak_lr(),
-        momentum=tr.momentum,
-        weight_decay=tr.weight_decay,
-        nesterov=tr.nesterov,
-    )
+    optimizer = build_optimizer(encoder, tr)
     n_steps = steps_per_epoch(splits.train, tr.batch_size, tr.drop_last)
     if n_steps == 0:
         raise ConfigError(
