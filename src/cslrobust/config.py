@@ -37,7 +37,14 @@ from pydantic import (
 from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.records import read_json_record, write_json_atomic
 from cslrobust.run_files import Int, Record, Str
-from cslrobust.sections import AugmentSection, ObjectiveSection, Section, describe_errors
+from cslrobust.sections import (
+    AugmentSection,
+    ObjectiveSection,
+    OptimizerSection,
+    Section,
+    describe_errors,
+    section_errors,
+)
 
 if TYPE_CHECKING:  # config imports the registries lazily (layering); this is for annotations only
     from cslrobust.registry import ComponentRegistry
@@ -135,7 +142,13 @@ class ModelConfig(Section):
 
 
 class TrainConfig(Section):
-    """Optimisation (SGD + momentum, cosine schedule with linear warm-up) and checkpointing."""
+    """Optimisation (cosine schedule with linear warm-up) and checkpointing.
+
+    ``optimizer`` is the chosen optimiser's section (``sgd`` by default; ``lars``, ``adamw``): its
+    ``name`` plus the parameters only it takes. ``lr``, ``weight_decay`` and the schedule apply to
+    every optimiser; ``momentum`` and ``nesterov`` to those that name them in their section's
+    ``train_keys`` (any other optimiser requires their defaults).
+    """
 
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=256, ge=2)
@@ -163,6 +176,33 @@ class TrainConfig(Section):
         description="peak lr = lr * (batch_size / lr_reference_batch) [linear] or its sqrt",
     )
     lr_reference_batch: int = Field(default=256, gt=0)
+    # The chosen optimiser's section; model_dump writes the concrete section.
+    optimizer: SerializeAsAny[OptimizerSection] = Field(default_factory=dict, validate_default=True)
+
+    @field_validator("optimizer", mode="before")
+    @classmethod
+    def _optimizer_section(cls, value: object) -> OptimizerSection:
+        from cslrobust.training.optim import DEFAULT_OPTIMIZER, OPTIMIZERS
+
+        return OPTIMIZERS.parse(value, default=DEFAULT_OPTIMIZER)
+
+    @model_validator(mode="after")
+    def _optimizer_takes_its_train_keys(self) -> TrainConfig:
+        optimizer = self.optimizer
+        unused = [
+            (
+                key,
+                getattr(self, key),
+                "not_a_parameter",
+                f"is not a parameter of optimizer {optimizer.name!r}",
+            )
+            for key in ("momentum", "nesterov")
+            if key not in optimizer.train_keys
+            and getattr(self, key) != type(self).model_fields[key].default
+        ]
+        if unused:
+            raise section_errors(type(self).__name__, unused)
+        return self
 
     def peak_lr(self) -> float:
         """The peak learning rate after batch-size scaling (``lr`` itself with ``lr_scaling: none``)."""
@@ -413,9 +453,14 @@ class RunConfig(Section):
         }
         # torch.compile is an execution detail; train options added after the first release count
         # only when changed, so the ids of earlier runs stay valid.
+        train = dict(identity["train"])
+        optimizer_later = type(self.train.optimizer).later_defaults
+        train["optimizer"] = {
+            k: v for k, v in train["optimizer"].items() if optimizer_later.get(k, _MISSING) != v
+        }
         identity["train"] = {
             k: v
-            for k, v in identity["train"].items()
+            for k, v in train.items()
             if k != "compile" and _LATER_TRAIN_DEFAULTS.get(k, _MISSING) != v
         }
         later = type(self.objective).later_defaults
@@ -542,6 +587,7 @@ _LATER_TRAIN_DEFAULTS: dict[str, Any] = {
     "sync_batchnorm": True,
     "lr_scaling": "none",
     "lr_reference_batch": 256,
+    "optimizer": {"name": "sgd"},  # SGD was the only optimiser before the registry
 }
 
 

@@ -1,10 +1,11 @@
 """Typed config sections of registered components, and how their validation errors read.
 
-Every registered component (an objective, a false-negative detector, a view augmentation) declares
-its parameters as a frozen pydantic :class:`Section` subclass and registers it beside its builder
-(:class:`~cslrobust.registry.ComponentRegistry`). A config sub-mapping is validated against the
-section of the name it selects (``objective.name``, ``objective.fn.detector``, ``augment.kind``), so
-a key the chosen component does not take is an error naming the component.
+Every registered component (an objective, a false-negative detector, a view augmentation, an
+optimiser) declares its parameters as a frozen pydantic :class:`Section` subclass and registers it
+beside its builder (:class:`~cslrobust.registry.ComponentRegistry`). A config sub-mapping is
+validated against the section of the name it selects (``objective.name``, ``objective.fn.detector``,
+``augment.kind``, ``train.optimizer.name``), so a key the chosen component does not take is an error
+naming the component.
 
 This module imports nothing from cslrobust: the config and every component package build on it.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "AugmentSection",
     "HeadKind",
     "ObjectiveSection",
+    "OptimizerSection",
     "Section",
     "describe_errors",
     "section_errors",
@@ -65,6 +67,22 @@ class AugmentSection(Section):
     """Base of the ``augment`` sections; ``kind`` is the view preset's registry key."""
 
     kind: str
+
+
+class OptimizerSection(Section):
+    """Base of the ``train.optimizer`` sections; ``name`` is the optimiser's registry key.
+
+    The learning rate, its schedule and ``train.weight_decay`` apply to every optimiser; the section
+    holds what only its optimiser takes.
+
+    Attributes:
+        name: Registry key of the optimiser (each subclass fixes it).
+        train_keys: The ``train`` keys beside ``lr`` and ``weight_decay`` that the optimiser reads
+            (``momentum``, ``nesterov``); any other such key must keep its default.
+    """
+
+    name: str
+    train_keys: ClassVar[frozenset[str]] = frozenset()
 
 
 def section_errors(title: str, errors: Sequence[tuple[str, object, str, str]]) -> ValidationError:

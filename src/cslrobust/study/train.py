@@ -34,7 +34,7 @@ from cslrobust.study.stages import Rows, Stage, register_stage
 from cslrobust.training import (
     LoopSettings,
     MetricLog,
-    build_sgd,
+    build_optimizer,
     latest_checkpoint,
     steps_per_epoch,
     train,
@@ -93,13 +93,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         torch.manual_seed(derive_seed(cfg.seed, "method"))
         method = build_method(objective, encoder)
     tr = cfg.train
-    optimizer = build_sgd(
-        method.network(),
-        lr=tr.peak_lr(),
-        momentum=tr.momentum,
-        weight_decay=tr.weight_decay,
-        nesterov=tr.nesterov,
-    )
+    optimizer = build_optimizer(method.network(), tr)
     n_steps = steps_per_epoch(splits.train, tr.batch_size, tr.drop_last)
     if n_steps == 0:
         raise ConfigError(

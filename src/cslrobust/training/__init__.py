@@ -16,14 +16,16 @@ from cslrobust.training.loop import (
     train,
 )
 from cslrobust.training.metric_log import MetricLog
-from cslrobust.training.optim import build_sgd
+from cslrobust.training.optim import OPTIMIZERS, build_optimizer, build_sgd
 from cslrobust.training.schedules import warmup_cosine
 
 __all__ = [
     "Checkpoint",
     "LoopSettings",
     "MetricLog",
+    "OPTIMIZERS",
     "TrainResult",
+    "build_optimizer",
     "build_sgd",
     "find_checkpoint",
     "latest_checkpoint",
