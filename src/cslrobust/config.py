@@ -130,6 +130,10 @@ class ModelConfig(Section):
     proj_hidden_dim: int = Field(default=512, gt=0)
     proj_dim: int = Field(default=128, gt=0)
     channels_last: bool = True  # faster convolutions on CPU (~1.5x here) and on GPU
+    # "imagenet": torchvision's 7x7/stride-2 stem + max-pool, for encoders audited from elsewhere.
+    stem: str = "cifar"
+
+    later_defaults: ClassVar[dict[str, object]] = {"stem": "cifar"}
 
     @field_validator("arch")
     @classmethod
@@ -138,6 +142,15 @@ class ModelConfig(Section):
 
         if value not in MODELS:
             raise ValueError(f"unknown arch {value!r}; expected one of {MODELS.names()}")
+        return value
+
+    @field_validator("stem")
+    @classmethod
+    def _known_stem(cls, value: str) -> str:
+        from cslrobust.models import STEMS
+
+        if value not in STEMS:
+            raise ValueError(f"unknown stem {value!r}; expected one of {list(STEMS)}")
         return value
 
 
@@ -462,6 +475,10 @@ class RunConfig(Section):
             k: v
             for k, v in train.items()
             if k != "compile" and _LATER_TRAIN_DEFAULTS.get(k, _MISSING) != v
+        }
+        model_later = type(self.model).later_defaults
+        identity["model"] = {
+            k: v for k, v in identity["model"].items() if model_later.get(k, _MISSING) != v
         }
         later = type(self.objective).later_defaults
         identity["objective"] = {

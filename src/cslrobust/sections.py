@@ -28,8 +28,9 @@ __all__ = [
     "section_errors",
 ]
 
-HeadKind = Literal["projector", "classifier"]
-"""The head an objective trains on: an MLP projector (contrastive) or a linear classifier."""
+HeadKind = Literal["projector", "classifier", "none"]
+"""The head an objective trains on: an MLP projector (contrastive) or a linear classifier; ``"none"``
+for an encoder trained elsewhere (``cslrobust audit``), which has no training head of ours."""
 
 
 class Section(BaseModel):

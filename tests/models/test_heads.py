@@ -31,7 +31,9 @@ def test_invalid_dims() -> None:
 
 
 def test_head_registry() -> None:
-    assert HEADS.names() == ["classifier", "projector"]
+    assert HEADS.names() == ["classifier", "none", "projector"]
     proj = HEADS.get("projector")(16, num_classes=10, proj_hidden_dim=32, proj_dim=8)
     clf = HEADS.get("classifier")(16, num_classes=10, proj_hidden_dim=32, proj_dim=8)
     assert isinstance(proj, ProjectionHead) and isinstance(clf, LinearHead)
+    none = HEADS.get("none")(16, num_classes=10, proj_hidden_dim=32, proj_dim=8)
+    assert list(none.parameters()) == [] and none(torch.ones(2, 16)).shape == (2, 16)

@@ -388,6 +388,60 @@ def analyze_command(
     _guard(call)
 
 
+@app.command("audit")
+def audit_command(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="External weights file (for cslrobust also a run folder).")
+    ],
+    reference: Annotated[
+        Path, typer.Option(help="Supervised run folder (trained and probed) of the same arch.")
+    ],
+    mean: Annotated[str, typer.Option(help="Input mean of [0,1] pixels, 'r,g,b'.")],
+    std: Annotated[str, typer.Option(help="Input std of [0,1] pixels, 'r,g,b'.")],
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format", help="cslrobust | solo-learn | lightly | timm | torchvision (key layout)."
+        ),
+    ],
+    arch: Annotated[str, typer.Option(help="resnet18 | resnet50 (our registered backbones).")],
+    cifar_stem: Annotated[
+        bool, typer.Option("--cifar-stem", help="3x3 stem without max-pool (default: ImageNet).")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default runs/audit-<name>).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name of the audited model (default: file stem).")
+    ] = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    progress: ProgressOption = True,
+) -> None:
+    """Probe, attack (with gates) and analyze an external encoder against a supervised reference."""
+    from cslrobust.study.audit import AuditRequest, run_audit
+
+    def call() -> None:
+        request = AuditRequest(
+            checkpoint=checkpoint,
+            format=format_,
+            arch=arch,
+            cifar_stem=cifar_stem,
+            mean=mean,
+            std=std,
+            reference=reference,
+            out=out,
+            name=name,
+            overrides=tuple(_overrides(set_, {"device": device})),
+        )
+        result = run_audit(request, progress=progress, echo=_echo)
+        if result.summary:
+            _echo(result.summary)
+        _echo(f"wrote {result.report} (+ report.html); audited run folder {result.run_dir}")
+
+    _guard(call)
+
+
 def _study_report(spec: StudySpec, cells: list[Cell] | None, wall: float | None) -> None:
     """Write one study's report from its database and echo its summary."""
     from cslrobust.study.report import write_report

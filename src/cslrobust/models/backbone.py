@@ -45,4 +45,7 @@ class Backbone(nn.Module):
 
 
 MODELS: Registry[Callable[..., Backbone]] = Registry("model")
-"""Backbone constructors with signature ``(width: int = 64, in_channels: int = 3, **flags)``."""
+"""Backbone constructors with signature ``(width: int = 64, in_channels: int = 3, **flags)``.
+
+Flags: ``zero_init_residual`` and ``stem`` (``"cifar"`` or ``"imagenet"``).
+"""

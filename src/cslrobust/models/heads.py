@@ -126,3 +126,12 @@ def build_classifier(
     """:class:`LinearHead` for the supervised objective (projector sizes are unused)."""
     del proj_hidden_dim, proj_dim
     return LinearHead(in_dim, num_classes)
+
+
+@HEADS.register("none")
+def build_no_head(
+    in_dim: int, *, num_classes: int, proj_hidden_dim: int, proj_dim: int
+) -> nn.Module:
+    """No training head (the identity), for an encoder trained elsewhere (``cslrobust audit``)."""
+    del in_dim, num_classes, proj_hidden_dim, proj_dim
+    return nn.Identity()

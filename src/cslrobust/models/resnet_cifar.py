@@ -2,7 +2,9 @@
 
 Differences from the ImageNet ResNet: the stem is a single 3x3 convolution with stride 1 and there
 is no max-pool, so a 32x32 input reaches the last stage at 4x4. This is the variant used by SimCLR,
-SupCon and most CIFAR robustness work (e.g. ``kuangliu/pytorch-cifar``).
+SupCon and most CIFAR robustness work (e.g. ``kuangliu/pytorch-cifar``). ``stem="imagenet"`` builds
+torchvision's stem instead (7x7 convolution with stride 2, then a 3x3 max-pool with stride 2), for
+encoders trained elsewhere (``cslrobust audit``); module and parameter names are the same for both stems.
 
 Reference:
     K. He, X. Zhang, S. Ren, J. Sun. "Deep Residual Learning for Image Recognition." CVPR 2016.
@@ -16,7 +18,10 @@ from torch import nn
 from cslrobust.errors import ConfigError
 from cslrobust.models.backbone import MODELS, Backbone
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
+__all__ = ["STEMS", "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
+
+STEMS = ("cifar", "imagenet")
+"""Stems a :class:`ResNet` can be built with (the default, ``"cifar"``, first)."""
 
 
 class BasicBlock(nn.Module):
@@ -116,12 +121,14 @@ class ResNet(Backbone):
         in_channels: Channels of the input image.
         zero_init_residual: Zero the last BatchNorm gamma of every residual branch so each block
             starts as the identity (Goyal et al., 2017, "Accurate, Large Minibatch SGD").
+        stem: ``"cifar"`` (3x3 convolution, stride 1, no max-pool) or ``"imagenet"`` (7x7
+            convolution, stride 2, 3x3 max-pool with stride 2: torchvision's ResNet).
 
     Attributes:
         feature_dim: Length of the pooled feature vector, ``8 * width * block.expansion``.
 
     Raises:
-        ConfigError: If ``width`` or ``in_channels`` is not positive.
+        ConfigError: If ``width`` or ``in_channels`` is not positive, or ``stem`` is unknown.
 
     Shape:
         - Input: ``(B, in_channels, H, W)``, already normalised
@@ -137,11 +144,19 @@ class ResNet(Backbone):
         in_channels: int = 3,
         *,
         zero_init_residual: bool = False,
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
         if width <= 0 or in_channels <= 0:
             raise ConfigError(f"width and in_channels must be > 0; got {width} and {in_channels}")
-        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        if stem not in STEMS:
+            raise ConfigError(f"unknown stem {stem!r}; expected one of {list(STEMS)}")
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(3, stride=2, padding=1)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
         self.bn1 = nn.BatchNorm2d(width)
         in_planes = width
         stages: list[nn.Module] = []
@@ -184,30 +199,51 @@ class ResNet(Backbone):
             - x: ``(B, in_channels, H, W)``.
             - Returns: ``(B, feature_dim)``.
         """
-        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))  # (B, feature_dim, H/8, W/8)
         return torch.flatten(self.pool(out), 1)
 
 
 @MODELS.register("resnet18")
-def resnet18(width: int = 64, in_channels: int = 3, *, zero_init_residual: bool = False) -> ResNet:
-    """CIFAR ResNet-18 (BasicBlock, ``(2, 2, 2, 2)``); ``feature_dim = 8 * width``."""
+def resnet18(
+    width: int = 64, in_channels: int = 3, *, zero_init_residual: bool = False, stem: str = "cifar"
+) -> ResNet:
+    """ResNet-18 (BasicBlock, ``(2, 2, 2, 2)``); ``feature_dim = 8 * width``; CIFAR stem by default."""
     return ResNet(
-        BasicBlock, (2, 2, 2, 2), width, in_channels, zero_init_residual=zero_init_residual
+        BasicBlock,
+        (2, 2, 2, 2),
+        width,
+        in_channels,
+        zero_init_residual=zero_init_residual,
+        stem=stem,
     )
 
 
 @MODELS.register("resnet34")
-def resnet34(width: int = 64, in_channels: int = 3, *, zero_init_residual: bool = False) -> ResNet:
-    """CIFAR ResNet-34 (BasicBlock, ``(3, 4, 6, 3)``); ``feature_dim = 8 * width``."""
+def resnet34(
+    width: int = 64, in_channels: int = 3, *, zero_init_residual: bool = False, stem: str = "cifar"
+) -> ResNet:
+    """ResNet-34 (BasicBlock, ``(3, 4, 6, 3)``); ``feature_dim = 8 * width``; CIFAR stem by default."""
     return ResNet(
-        BasicBlock, (3, 4, 6, 3), width, in_channels, zero_init_residual=zero_init_residual
+        BasicBlock,
+        (3, 4, 6, 3),
+        width,
+        in_channels,
+        zero_init_residual=zero_init_residual,
+        stem=stem,
     )
 
 
 @MODELS.register("resnet50")
-def resnet50(width: int = 64, in_channels: int = 3, *, zero_init_residual: bool = False) -> ResNet:
-    """CIFAR ResNet-50 (Bottleneck, ``(3, 4, 6, 3)``); ``feature_dim = 32 * width``."""
+def resnet50(
+    width: int = 64, in_channels: int = 3, *, zero_init_residual: bool = False, stem: str = "cifar"
+) -> ResNet:
+    """ResNet-50 (Bottleneck, ``(3, 4, 6, 3)``); ``feature_dim = 32 * width``; CIFAR stem by default."""
     return ResNet(
-        Bottleneck, (3, 4, 6, 3), width, in_channels, zero_init_residual=zero_init_residual
+        Bottleneck,
+        (3, 4, 6, 3),
+        width,
+        in_channels,
+        zero_init_residual=zero_init_residual,
+        stem=stem,
     )

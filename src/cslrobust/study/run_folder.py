@@ -108,6 +108,7 @@ def build_run_encoder(cfg: RunConfig, splits: DataSplits, head_kind: HeadKind) -
         mean=splits.mean,
         std=splits.std,
         channels_last=model.channels_last,
+        stem=model.stem,
     )
     return encoder.to(cfg.device)
 

@@ -186,6 +186,7 @@ def write_report(
     contrastive: str = "simclr",
     wall_seconds: float | None = None,
     sections: Sequence[str] | None = None,
+    notes: Sequence[str] = (),
 ) -> tuple[str, Path]:
     """Write ``report.md``, ``report.html``, ``results.csv``, ``results.json`` and the plots.
 
@@ -200,6 +201,7 @@ def write_report(
             of all stages (summed over cells, from the store) when given.
         sections: Registered section names to render (report order is the sections' own);
             None renders every registered section.
+        notes: Lines shown after the gate status (e.g. what an audit compared).
 
     The report opens with the gate status (``gates not run`` when no cell runs the gates stage;
     failed gates first), then the sections in order (findings first), with the study description
@@ -240,7 +242,7 @@ def write_report(
         out.blocks.append(about)
 
     failures = gate_failures(res)
-    intro = _gate_lines(cells, res, failures)
+    intro = _gate_lines(cells, res, failures) + [IntroLine(text) for text in notes]
     report = render_report(title, intro, out, folder)
 
     summary = list(out.summary)
