@@ -192,7 +192,7 @@ register_stage(
             "geometry": section_identity(cfg, "geometry"),
             "steps": cfg.attack.steps,
         },
-        sections=("geometry",),
+        sections=("geometry", "families"),
         settings=("geometry",),
         version=2,  # 2: scale-free sensitivity measures
     )

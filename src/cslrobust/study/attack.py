@@ -205,7 +205,7 @@ register_stage(
         ),
         needs=("probe",),
         key_inputs=lambda cfg: {"attack": section_identity(cfg, "attack")},
-        sections=("attacks",),
+        sections=("attacks", "families"),
         settings=("attack",),
     )
 )

@@ -167,7 +167,7 @@ register_stage(
         ),
         needs=("probe",),
         key_inputs=lambda cfg: {"attack": section_identity(cfg, "attack"), "all_epochs": True},
-        sections=("attacks", "frontier"),
+        sections=("attacks", "frontier", "families"),
         also_when=_has_trajectory,
         version=2,  # 2: every method, `trajectory/` rows (was stage `epochs`, `sl_epoch/` rows)
     )

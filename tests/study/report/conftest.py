@@ -17,6 +17,9 @@ VALUES = {
     ("simclr", 1): (0.7, 0.4),
 }
 
+# method -> the family its objective section declares (read by the writer through ``family_of``).
+FAMILY = {"supervised": "supervised", "simclr": "contrastive"}
+
 
 def _correct(accuracy: float) -> np.ndarray:
     return np.arange(N_IMAGES) < round(accuracy * N_IMAGES)
@@ -51,7 +54,8 @@ def report_store(tmp_path: Path):
             cells.append(
                 SimpleNamespace(
                     config=SimpleNamespace(
-                        name=f"{method}-s{seed}", objective=SimpleNamespace(name=method)
+                        name=f"{method}-s{seed}",
+                        objective=SimpleNamespace(name=method, family=FAMILY[method]),
                     ),
                     cell_id=cell_id,
                     method=method,

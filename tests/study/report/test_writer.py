@@ -26,6 +26,7 @@ BUILT_IN = [
     "findings",
     "clean",
     "attacks",
+    "families",
     "frontier",
     "evaluation",
     "corruptions",
@@ -72,8 +73,9 @@ def test_a_registered_section_is_rendered_in_its_order(report_store, tmp_path, i
     folder = tmp_path / "report"
     summary, report = _write(db, cells, folder, supervised="supervised", contrastive="simclr")
     objectives = {"supervised": "supervised", "simclr": "simclr"}
+    families = {"supervised": "supervised", "simclr": "contrastive"}
     context = ReportContext(
-        folder, "supervised", "simclr", frozenset({"probe", "attack"}), objectives
+        folder, "supervised", "simclr", frozenset({"probe", "attack"}), objectives, families
     )
     assert seen == [(["supervised", "simclr"], context)]
     md = report.read_text()
@@ -86,7 +88,8 @@ def test_a_registered_section_is_rendered_in_its_order(report_store, tmp_path, i
     ]
     assert "| supervised | 2 |" in md and "| simclr | 2 |" in md
     assert md.endswith(
-        "![Robust accuracy vs eps](robust_accuracy.png)\n\n- [seed counts](seed_count.txt)\n"
+        "![Robust accuracy vs eps](robust_accuracy.png)\n\n"
+        "![Robust accuracy by method family (PGD)](families.png)\n\n- [seed counts](seed_count.txt)\n"
     )
     page = (folder / "report.html").read_text()
     assert page.index("Clean accuracy") < page.index("Seeds per method") < page.index("PGD robust")

@@ -3,10 +3,11 @@
 Writes into the report folder: ``report.md``, a self-contained ``report.html`` (plots embedded),
 ``results.csv`` and ``results.json`` (every row), and PNG plots. The report is a list of registered
 sections (:mod:`~cslrobust.study.report.sections`); importing this package registers the built-in ones
-(findings, clean, attacks, frontier, evaluation, corruptions, detector, geometry, gates).
+(findings, clean, attacks, families, frontier, evaluation, corruptions, detector, geometry, gates).
 """
 
 from cslrobust.study.report.budget import write_budget_report
+from cslrobust.study.report.families import family_groups, family_table
 from cslrobust.study.report.findings import CLAIMS, Finding, assess_claims, register_claim
 from cslrobust.study.report.frontier import frontier_table, method_trajectory
 from cslrobust.study.report.mechanism import detector_table, geometry_table, geometry_vs_robustness
@@ -57,6 +58,8 @@ __all__ = [
     "current_rows",
     "detector_table",
     "evaluation_table",
+    "family_groups",
+    "family_table",
     "frontier_table",
     "assess_claims",
     "gap_table",

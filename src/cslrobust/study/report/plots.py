@@ -166,7 +166,11 @@ def plot_detector_quality(res: StudyResults, path: Path) -> Path | None:
 
 
 def plot_frontier(
-    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], attack: str, path: Path
+    panels: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    attack: str,
+    path: Path,
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Path | None:
     """Robust against clean accuracy along training: one panel per budget, one line per method.
 
@@ -176,9 +180,12 @@ def plot_frontier(
 
     Args:
         panels: Per budget label, per method, ``(clean, robust)`` accuracies (fractions), each
-            ``(S, E)``: seed by checkpoint in epoch order.
+            ``(S, E)``: seed by checkpoint in epoch order (the lines' labels need not be methods: the
+            family frontier passes families, with one row per method instead of per seed).
         attack: Attack name for the axis label.
         path: Output PNG file; its folder must exist.
+        colours: Colour per line label; None (or a label not in it): matplotlib's cycle in order of
+            first appearance.
 
     Returns:
         ``path``, or None when ``panels`` is empty.
@@ -191,7 +198,7 @@ def plot_frontier(
         for method, (clean, robust) in lines.items():
             xs, ys = 100 * clean.mean(axis=0), 100 * robust.mean(axis=0)
             band = (100 * robust.min(axis=0), 100 * robust.max(axis=0)) if len(robust) > 1 else None
-            colour = f"C{methods.index(method)}"
+            colour = (colours or {}).get(method, f"C{methods.index(method)}")
             _line_with_band(ax, xs, ys, band, marker=".", color=colour, label=method)
             ax.plot(xs[-1:], ys[-1:], marker="*", markersize=11, color=colour, linestyle="none")
         ax.set_title(label)

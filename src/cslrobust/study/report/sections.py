@@ -40,6 +40,8 @@ class ReportContext:
         contrastive: Method name of the contrastive reference.
         stages: Names of the stages that at least one cell of the study runs.
         objectives: Per method, the name of its training objective (e.g. ``simclr_fnr``).
+        families: Per method, its family key (a key of :data:`~cslrobust.objectives.FAMILIES`,
+            from :func:`~cslrobust.objectives.family_of`); methods not in it are not grouped.
     """
 
     folder: Path
@@ -47,6 +49,7 @@ class ReportContext:
     contrastive: str
     stages: frozenset[str] = frozenset()
     objectives: Mapping[str, str] = field(default_factory=dict)
+    families: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cslrobust.objectives import family_of
 from cslrobust.records import ensure_writable_dir, write_json_atomic
 from cslrobust.study.report.results import Note, StudyResults, current_rows
 from cslrobust.study.report.robustness import gate_failures
@@ -224,6 +225,7 @@ def write_report(
         contrastive=contrastive,
         stages=frozenset(name for c in cells for name in c.stages),
         objectives={c.method: c.config.objective.name for c in cells},
+        families={c.method: family_of(c.config.objective) for c in cells},
     )
     export_rows(rows, folder)
 
