@@ -510,3 +510,13 @@ def test_a_section_key_added_later_is_hashed_only_when_changed() -> None:
     }
     with pytest.raises(ConfigError, match=r"attack\.precision"):
         build_run_config({"attack": {"precision": "fp16"}})
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "presets").glob("*.yaml")))
+def test_every_preset_validates_into_its_cells(preset: str) -> None:
+    """Every shipped preset loads, and each of its cells (each budget's) is a valid run config."""
+    spec = load_study(REPO / "presets" / f"{preset}.yaml")
+    cells = [cell for _, study in spec.budget_studies() for cell in expand_study(study)]
+    assert len(cells) == len(spec.seeds) * len(spec.methods) * (len(spec.budgets) or 1)
+    for cell in cells:
+        assert cell.objective.name in OBJECTIVES.names()
