@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.training.conftest import toy_setup
+from tests.training.conftest import as_method, toy_setup
 from torch import nn
 
 from cslrobust.augment import SimCLRAugmentSection, build_augment
@@ -288,8 +288,7 @@ def _run(tmp: Path, name: str, *, seed: int = 0, resume: bool = False, hooks=())
     settings = LoopSettings(epochs=epochs, batch_size=16, seed=3, log_every=2, progress=False)
     schedule = warmup_cosine(lr, data.num_batches(16, True) * epochs, warmup_steps=2)
     train(
-        encoder,
-        objective,
+        as_method(objective, encoder),
         build_augment(SimCLRAugmentSection()),
         data,
         optimizer,
