@@ -67,7 +67,7 @@ def test_collectives_are_identities_in_one_process():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["simclr_fnr", "byol"])
+@pytest.mark.parametrize("objective", ["simclr_fnr", "byol", "moco"])
 def test_two_process_training_matches_one_process_and_resumes(tmp_path, objective: str):
     single = workers.train_run(0, 1, str(tmp_path / "one"), 2, False, objective)
     straight = run_ranks(workers.train_run, 2, str(tmp_path / "two"), 2, False, objective)
