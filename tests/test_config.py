@@ -32,7 +32,7 @@ def test_overrides_are_yaml_typed_and_nested():
         ("train.epochs=0", "train.epochs=0"),
         ("train.lr=-1", "train.lr=-1"),
         ("objective.temperature=0", "objective.temperature=0"),
-        ("objective.name=byol", "objective.name='byol'"),
+        ("objective.name=swav", "objective.name='swav'"),
         (
             "objective.fn={removal_rate: 1.5}",
             "objective.fn is not a parameter of objective 'simclr'",

@@ -291,8 +291,8 @@ def test_the_identity_has_the_legacy_flat_shape() -> None:
         (
             ["objective.name=swav"],
             "invalid config: objective.name='swav': unknown objective 'swav'; expected one of "
-            "['barlow', 'byol', 'debiased', 'simclr', 'simclr_fnr', 'simsiam', 'supcon', "
-            "'supervised']",
+            "['barlow', 'byol', 'debiased', 'moco', 'simclr', 'simclr_fnr', 'simsiam', "
+            "'supcon', 'supervised']",
         ),
         (
             ["objective.name=simclr_fnr", "objective.fn.detector=psychic"],

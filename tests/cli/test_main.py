@@ -17,7 +17,7 @@ runner = CliRunner()
     [
         (["train", "--set", "train.lr=-1"], "train.lr=-1"),
         (["train", "--set", "train.nope=1"], "unknown key 'train.nope'"),
-        (["train", "--objective", "byol"], "objective.name='byol'"),
+        (["train", "--objective", "swav"], "objective.name='swav'"),
         (
             ["train", "--objective", "supervised", "--set", "objective.tau_plus=0.2"],
             "objective.tau_plus is not a parameter of objective 'supervised'",

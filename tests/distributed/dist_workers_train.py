@@ -16,6 +16,8 @@ from cslrobust.models import build_encoder
 from cslrobust.objectives import (
     BarlowTwinsSection,
     BYOLSection,
+    MoCoMethod,
+    MoCoSection,
     ObjectiveSection,
     OracleSection,
     SimCLRFNRSection,
@@ -37,6 +39,10 @@ OBJECTIVES: dict[str, ObjectiveSection] = {
     "byol": BYOLSection(predictor_hidden_dim=16),
     "simsiam": SimSiamSection(predictor_hidden_dim=8),
     "barlow": BarlowTwinsSection(),
+    # 24 keys: two steps' 16 keys each, so training wraps the queue around. Temperature 0.5 (SimCLR's)
+    # rather than MoCo's 0.2: at 0.2 the summation-order differences of 2 vs 1 process grow to ~6e-3
+    # in four steps (measured; 4e-6 at 0.5), beyond the trajectory test's tolerance.
+    "moco": MoCoSection(queue_size=24, temperature=0.5),
 }
 
 
@@ -102,6 +108,20 @@ def loss_and_grads(rank: int, world_size: int, objective_name: str) -> dict[str,
     views = fixed_views(images[mine], method.n_views)
     run = _ViewRunner(method.n_views, per_rank, "fp32")
     generator = torch.Generator().manual_seed(5)
+    if isinstance(method, MoCoMethod):
+        # A queue starts empty (loss 0): fill it with the keys of another global batch first.
+        prime = torch.rand(GLOBAL_BATCH, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+        with torch.no_grad():
+            method.loss(
+                run,
+                network,
+                fixed_views(prime[mine], method.n_views),
+                gather_equal(index[mine] + 50),
+                gather_equal(labels[mine]),
+                generator=generator,
+                epoch=0,
+            )
+        method.after_step(0, 10)
     out = method.loss(
         run,
         network,
@@ -187,7 +207,25 @@ def train_run(
         "epochs": torch.tensor(result.epochs_completed),
         "loss": torch.tensor([h["loss"] for h in result.history]),
         **{k: v.detach().clone() for k, v in model.state_dict().items()},
-        **{f"method/{k}": v.detach().clone() for k, v in method.state_dict().items()},
+        **{f"method/{k}": v.detach().clone() for k, v in _canonical(method.state_dict()).items()},
+    }
+
+
+def _canonical(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A method state with its queue's entries in a layout-independent order (by id, then key).
+
+    Ranks take interleaved positions of the epoch's order, so the gathered global batch holds the
+    images of one process's batch in another row order, and a queue's slots hold its keys permuted
+    within each step (the loss does not depend on the order).
+    """
+    if "queue.ids" not in state:
+        return state
+    keys, ids = state["queue.keys"], state["queue.ids"]
+    projection = keys @ torch.linspace(1.0, 2.0, keys.shape[1], dtype=keys.dtype)
+    by_key = torch.argsort(projection, stable=True)
+    order = by_key[torch.argsort(ids[by_key], stable=True)]
+    return state | {
+        f"queue.{name}": state[f"queue.{name}"][order] for name in ("keys", "ids", "labels")
     }
 
 

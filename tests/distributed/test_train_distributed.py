@@ -67,19 +67,21 @@ def test_collectives_are_identities_in_one_process():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["simclr_fnr", "byol"])
+@pytest.mark.parametrize("objective", ["simclr_fnr", "byol", "moco"])
 def test_two_process_training_matches_one_process_and_resumes(tmp_path, objective: str):
     single = workers.train_run(0, 1, str(tmp_path / "one"), 2, False, objective)
     straight = run_ranks(workers.train_run, 2, str(tmp_path / "two"), 2, False, objective)
     # Ranks agree bitwise (DDP keeps replicas identical), and the global batches are those of one
     # process (data sharding), so the weights match one process up to summation order: after four
     # steps on 8-image batches rounding differences have grown to ~1e-4 (measured 7e-5); the
-    # one-step equality to 1e-5 is the test above.
+    # one-step equality to 1e-5 is the test above. BYOL's predictor and cosine loss amplify it more
+    # (measured 1.5e-3 after four steps, 2026-12-03).
+    atol = 3e-3 if objective == "byol" else 5e-4
     for key in single:
         torch.testing.assert_close(straight[1][key], straight[0][key], rtol=0, atol=0, msg=key)
         if key != "epochs":
             torch.testing.assert_close(
-                straight[0][key].float(), single[key].float(), rtol=1e-3, atol=5e-4, msg=key
+                straight[0][key].float(), single[key].float(), rtol=1e-3, atol=atol, msg=key
             )
     # Rank 0 wrote the checkpoints; both ranks resume from them for the second epoch.
     run_ranks(workers.train_run, 2, str(tmp_path / "resumed"), 1, False, objective)

@@ -399,7 +399,7 @@ BAD_VALUES = {
         ("epochs: 1,", "epochs: many,"),
         ("eps_linf: [0, 2/255]", "eps_linf: [300]"),
         ("eps_linf: [0, 2/255]", "eps_linf: [two]"),
-        ("name: supervised", "name: byol"),
+        ("name: supervised", "name: swav"),
         ("width: 8", "width: 0"),
         ("lr: 0.05", "lr: -1"),
         ("lr: 0.05", "lr: 0.05, nonsense: 1"),

@@ -54,9 +54,10 @@ def test_every_objective_trains_through_the_one_loop(tmp_path: Path, name: str):
     assert ckpt is not None and ckpt.epoch == 1
 
 
-@pytest.mark.parametrize("name", ["simclr_fnr", "byol", "simsiam"])
+@pytest.mark.parametrize("name", ["simclr_fnr", "byol", "simsiam", "moco"])
 def test_resume_gives_the_same_weights_as_straight_training(tmp_path: Path, name: str):
-    """Exact resume, the method's own state included (BYOL's target and momentum, predictors)."""
+    """Exact resume, the method's own state included (BYOL's target and momentum, predictors,
+    MoCo's key encoder and queue)."""
     first = _setup(name)
     straight, _ = _run(tmp_path / "a", name, epochs=2, setup=first)
 

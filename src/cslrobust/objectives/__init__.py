@@ -8,6 +8,7 @@ from cslrobust.objectives.barlow import BarlowTwinsObjective, BarlowTwinsSection
 from cslrobust.objectives.contrastive import (
     Reduction,
     info_nce,
+    info_nce_logits,
     normalize_views,
     pair_similarity_means,
     similarity_logits,
@@ -21,6 +22,7 @@ from cslrobust.objectives.debiased import (
 from cslrobust.objectives.fn_detectors import (
     FN_DETECTORS,
     BankFalseNegativeDetector,
+    CandidateSet,
     ClusterDetector,
     ClusterSection,
     FalseNegativeDetector,
@@ -48,6 +50,7 @@ from cslrobust.objectives.method import (
     ViewRunner,
     build_method,
 )
+from cslrobust.objectives.moco import KeyQueue, MoCoMethod, MoCoObjective, MoCoSection
 from cslrobust.objectives.negative_free import (
     BYOLObjective,
     BYOLSection,
@@ -84,7 +87,11 @@ __all__ = [
     "BYOLSection",
     "BarlowTwinsObjective",
     "BarlowTwinsSection",
+    "KeyQueue",
     "MethodObjective",
+    "MoCoMethod",
+    "MoCoObjective",
+    "MoCoSection",
     "ObjectiveMethod",
     "PredictorMethod",
     "SimSiamObjective",
@@ -95,6 +102,7 @@ __all__ = [
     "family_of",
     "OBJECTIVES",
     "BankFalseNegativeDetector",
+    "CandidateSet",
     "BankObjective",
     "ClusterDetector",
     "ClusterSection",
@@ -132,6 +140,7 @@ __all__ = [
     "detection_quality",
     "expand_to_views",
     "info_nce",
+    "info_nce_logits",
     "instance_positive_mask",
     "label_positive_mask",
     "load_objective_state",

@@ -16,6 +16,7 @@ from torch import Tensor
 __all__ = [
     "Reduction",
     "info_nce",
+    "info_nce_logits",
     "normalize_views",
     "pair_similarity_means",
     "similarity_logits",
@@ -101,11 +102,57 @@ def info_nce(
     denom = (pos_mask | neg_mask) & not_self  # P(i) ∪ N(i)
 
     logits = similarity_logits(z, temperature)  # (M, M)
+    return _masked_info_nce(logits, pos, denom, reduction)
+
+
+def info_nce_logits(
+    logits: Tensor, pos_mask: Tensor, neg_mask: Tensor, *, reduction: Reduction = "mean"
+) -> Tensor:
+    r"""The loss of :func:`info_nce` on given logits: anchors against a separate candidate set.
+
+    For methods whose anchors are not their own candidates (MoCo: queries against their positive
+    key and a queue of earlier keys), ``logits[i, j] = s_ij / tau`` is anchor ``i`` against candidate
+    ``j``; the masks select each anchor's positives and negatives among the candidates, and the loss
+    is :func:`info_nce`'s formula (same conventions for anchors without a positive). There is no
+    diagonal: the caller builds the masks.
+
+    Args:
+        logits: Similarities divided by the temperature (at least float32 for low temperatures).
+        pos_mask: Positives of each anchor.
+        neg_mask: Negatives of each anchor, disjoint from ``pos_mask`` (not checked).
+        reduction: As :func:`info_nce`.
+
+    Returns:
+        Scalar loss, or per-anchor losses if ``reduction="none"``.
+
+    Shape:
+        - logits: ``(M, N)``
+        - pos_mask, neg_mask: ``(M, N)`` bool
+        - output: ``()``, or ``(M,)`` with ``reduction="none"``
+
+    Raises:
+        ValueError: On mask shapes or dtypes that do not match ``logits``, or an unknown reduction.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D (M, N), got shape {tuple(logits.shape)}")
+    for name, mask in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):
+        if mask.dtype != torch.bool or mask.shape != logits.shape:
+            raise ValueError(
+                f"{name} must be a bool {tuple(logits.shape)} tensor, "
+                f"got {mask.dtype} of shape {tuple(mask.shape)}"
+            )
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return _masked_info_nce(logits, pos_mask, pos_mask | neg_mask, reduction)
+
+
+def _masked_info_nce(logits: Tensor, pos: Tensor, denom: Tensor, reduction: Reduction) -> Tensor:
+    """The loss on logits ``(M, N)``, positives and denominator masks ``(M, N)`` (no checks)."""
     # Finite fill instead of -inf: a row with an empty denominator would otherwise give
     # logsumexp = -inf and NaN gradients even though that anchor is excluded below.
     masked = logits.masked_fill(~denom, torch.finfo(logits.dtype).min)
     log_denom = torch.logsumexp(masked, dim=1, keepdim=True)  # (M, 1)
-    log_prob = logits - log_denom  # (M, M)
+    log_prob = logits - log_denom  # (M, N)
 
     n_pos = pos.sum(dim=1)  # (M,)
     pos_log_prob = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)  # (M,)

@@ -13,6 +13,12 @@ Built-in detectors (MISSION.md, "Definitions"):
   *support views* of the anchor (FNC);
 - ``cluster``: same k-means pseudo-label, from a feature bank of the whole training set.
 
+**External candidates.** By default the candidates are the rows of the batch itself (``(M, M)``
+masks). A method with a memory of earlier keys (MoCo's queue) passes them as ``candidates``
+(:class:`CandidateSet`: embeddings, instance ids and labels of ``N`` entries); masks are then ``(M, N)``
+with rows = anchors and columns = those entries, and every detector scores the anchors against them
+the same way.
+
 Masks need not be symmetric: ``topk`` decides per anchor (``j`` may be among ``i``'s nearest
 candidates without ``i`` being among ``j``'s), as FNC does. The oracle is symmetric.
 
@@ -53,6 +59,7 @@ from cslrobust.sections import Section
 __all__ = [
     "FN_DETECTORS",
     "BankFalseNegativeDetector",
+    "CandidateSet",
     "ClusterDetector",
     "ClusterSection",
     "FNRMode",
@@ -70,6 +77,26 @@ __all__ = [
 
 FNRMode = Literal["eliminate", "attract"]
 """How ``simclr_fnr`` treats detected false negatives: leave them out, or make them positives."""
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """Candidate negatives outside the batch (e.g. MoCo's queue), scored against the batch's anchors.
+
+    Attributes:
+        z: Embeddings, L2-normalised and detached.
+        sample_ids: Dataset instance id of every entry (indexes a bank detector's fit).
+        labels: Class label of every entry; only detectors with ``uses_labels`` may read it (and
+            :func:`detection_quality`, for measurement).
+
+    Shape:
+        - z: ``(N, D)``
+        - sample_ids, labels: ``(N,)`` int64
+    """
+
+    z: Tensor
+    sample_ids: Tensor
+    labels: Tensor
 
 
 class FalseNegativeDetector(ABC):
@@ -101,6 +128,7 @@ class FalseNegativeDetector(ABC):
         candidate_mask: Tensor,
         generator: torch.Generator | None = None,
         support: Tensor | None = None,
+        candidates: CandidateSet | None = None,
     ) -> Tensor:
         """Flag suspected false negatives among the candidate negatives.
 
@@ -115,6 +143,9 @@ class FalseNegativeDetector(ABC):
             support: Extra views of every sample used only for detection (never in the loss),
                 L2-normalised and detached, or None. Detectors with ``support_views == 0`` ignore
                 it.
+            candidates: Candidates outside the batch (MoCo's queue), or None: the rows of ``z``
+                are the candidates. With it, ``candidate_mask`` and the output have one column per
+                entry of ``candidates``.
 
         Returns:
             Boolean mask of detected false-negative pairs; not necessarily symmetric.
@@ -122,9 +153,9 @@ class FalseNegativeDetector(ABC):
         Shape:
             - z: ``(M, D)`` with ``M = V * B``
             - sample_ids, labels: ``(M,)`` int64
-            - candidate_mask: ``(M, M)`` bool
+            - candidate_mask: ``(M, N)`` bool, ``N = M`` without ``candidates``
             - support: ``(S, B, D)``
-            - output: ``(M, M)`` bool, a subset of ``candidate_mask``
+            - output: ``(M, N)`` bool, a subset of ``candidate_mask``
         """
 
 
@@ -229,16 +260,39 @@ def _symmetric_pair_coins(
     return u[first_row[:, None], first_row[None, :]] < p  # (M, M)
 
 
-def _similarity_scores(z: Tensor, support: Tensor | None, support_views: int, what: str) -> Tensor:
+def _candidate_coins(
+    sample_ids: Tensor, n_candidates: int, p: float, generator: torch.Generator | None
+) -> Tensor:
+    """One Bernoulli(p) draw per (anchor instance, external candidate), shared by the anchor's views.
+
+    The pair is not symmetric (the candidate is not an anchor), so only the views of an anchor's
+    instance are tied: they all read the draws of the instance's first row. ``(M, N)``.
+    """
+    m = sample_ids.shape[0]
+    same_instance = sample_ids[:, None] == sample_ids[None, :]  # (M, M)
+    first_row = same_instance.to(torch.uint8).argmax(dim=1)  # (M,)
+    u = torch.rand((m, n_candidates), generator=generator, device=sample_ids.device)
+    return u[first_row] < p  # (M, N)
+
+
+def _similarity_scores(
+    z: Tensor,
+    support: Tensor | None,
+    support_views: int,
+    what: str,
+    others: Tensor | None = None,
+) -> Tensor:
     r"""Score of candidate ``j`` for anchor row ``i``: cosine similarity, or its support-view mean.
 
     Without support views the score is ``z_i . z_j``. With ``S`` support views ``u_1..u_S`` of
     anchor ``i``'s sample it is the mean similarity ``(1/S) \sum_s u_s . z_j``, computed as one
     matmul with the mean support vector (the mean of dot products is the dot product with the
-    mean); every view of a sample then gets the same scores.
+    mean); every view of a sample then gets the same scores. The candidates ``j`` are the rows of
+    ``others`` (``(N, D)``, default ``z``).
     """
+    others = z if others is None else others
     if support_views == 0:
-        sim = z @ z.T  # (M, M)
+        sim = z @ others.T  # (M, N)
         return sim.to(torch.promote_types(sim.dtype, torch.float32))
     if support is None:
         raise ValueError(f"{what} with support_views={support_views} needs support views, got None")
@@ -249,9 +303,9 @@ def _similarity_scores(z: Tensor, support: Tensor | None, support_views: int, wh
             f"{m} rows, got {tuple(support.shape)}"
         )
     anchor = support.mean(dim=0).to(z.dtype)  # (B, D): mean support view of every sample
-    scores = anchor @ z.T  # (B, M)
+    scores = anchor @ others.T  # (B, N)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
-    return scores.repeat(m // support.shape[1], 1)  # (M, M): row r is sample r % B
+    return scores.repeat(m // support.shape[1], 1)  # (M, N): row r is sample r % B
 
 
 @dataclass(frozen=True)
@@ -286,14 +340,20 @@ class OracleDetector(FalseNegativeDetector):
         candidate_mask: Tensor,
         generator: torch.Generator | None = None,
         support: Tensor | None = None,
+        candidates: CandidateSet | None = None,
     ) -> Tensor:
         """Flag same-label candidate negatives (see :meth:`FalseNegativeDetector.__call__`).
 
-        Draws from ``generator`` only when ``removal_rate < 1``; ignores ``support``.
+        Draws from ``generator`` only when ``removal_rate < 1``; ignores ``support``. Against
+        external ``candidates`` one decision is drawn per (anchor instance, entry).
         """
-        detected = candidate_mask & (labels[:, None] == labels[None, :])  # (M, M)
+        other_labels = labels if candidates is None else candidates.labels
+        detected = candidate_mask & (labels[:, None] == other_labels[None, :])  # (M, N)
         if self.removal_rate >= 1.0:
             return detected
+        if candidates is not None:
+            n = candidates.labels.shape[0]
+            return detected & _candidate_coins(sample_ids, n, self.removal_rate, generator)
         return detected & _symmetric_pair_coins(sample_ids, self.removal_rate, generator)
 
 
@@ -312,7 +372,7 @@ class _SimilarityDetector(FalseNegativeDetector):
 
     @abstractmethod
     def _flag(self, scores: Tensor, candidate_mask: Tensor) -> Tensor:
-        """Select the flagged pairs from the scores; ``(M, M)`` float and bool -> ``(M, M)`` bool."""
+        """Select the flagged pairs from the scores; ``(M, N)`` float and bool -> ``(M, N)`` bool."""
 
     def __call__(
         self,
@@ -323,13 +383,15 @@ class _SimilarityDetector(FalseNegativeDetector):
         candidate_mask: Tensor,
         generator: torch.Generator | None = None,
         support: Tensor | None = None,
+        candidates: CandidateSet | None = None,
     ) -> Tensor:
         """Flag candidates by their similarity scores (see ``FalseNegativeDetector``).
 
         Raises:
             ValueError: If ``support_views > 0`` and ``support`` is missing or mis-shaped.
         """
-        scores = _similarity_scores(z, support, self.support_views, self.name)  # (M, M)
+        others = None if candidates is None else candidates.z
+        scores = _similarity_scores(z, support, self.support_views, self.name, others)  # (M, N)
         return self._flag(scores, candidate_mask)
 
 
@@ -530,6 +592,7 @@ class ClusterDetector(BankFalseNegativeDetector):
         candidate_mask: Tensor,
         generator: torch.Generator | None = None,
         support: Tensor | None = None,
+        candidates: CandidateSet | None = None,
     ) -> Tensor:
         """Flag candidates in the anchor's cluster (see ``FalseNegativeDetector``).
 
@@ -547,7 +610,10 @@ class ClusterDetector(BankFalseNegativeDetector):
             # Move once and keep the copy: the same values, no per-step transfer.
             pseudo_labels = self._fit.pseudo_labels = pseudo_labels.to(sample_ids.device)
         row_clusters = pseudo_labels[sample_ids]  # (M,)
-        return candidate_mask & (row_clusters[:, None] == row_clusters[None, :])
+        if candidates is None:
+            return candidate_mask & (row_clusters[:, None] == row_clusters[None, :])
+        other_clusters = pseudo_labels[candidates.sample_ids.to(pseudo_labels.device)]  # (N,)
+        return candidate_mask & (row_clusters[:, None] == other_clusters[None, :])
 
 
 class OracleSection(FalseNegativeSection):
@@ -629,7 +695,10 @@ def build_fn_detector(section: FalseNegativeSection) -> FalseNegativeDetector:
 
 
 def detection_quality(
-    detected: Tensor, candidate_mask: Tensor, labels: Tensor
+    detected: Tensor,
+    candidate_mask: Tensor,
+    labels: Tensor,
+    candidate_labels: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Precision and recall of a detected false-negative mask against true same-label pairs.
 
@@ -642,7 +711,9 @@ def detection_quality(
     Args:
         detected: Detected false-negative pairs.
         candidate_mask: The negatives the detector chose from.
-        labels: Class label of every row.
+        labels: Class label of every row (anchor).
+        candidate_labels: Class label of every column when the candidates are external (MoCo's
+            queue); None: the columns are the rows.
 
     Returns:
         Detached 0-dim float tensors (no host sync): ``precision``, ``recall``, ``f1``,
@@ -650,10 +721,12 @@ def detection_quality(
         negatives / candidate pairs).
 
     Shape:
-        - detected, candidate_mask: ``(M, M)`` bool
+        - detected, candidate_mask: ``(M, N)`` bool (``N = M`` without ``candidate_labels``)
         - labels: ``(M,)`` int64
+        - candidate_labels: ``(N,)`` int64
     """
-    true_fn = candidate_mask & (labels[:, None] == labels[None, :])  # (M, M)
+    other = labels if candidate_labels is None else candidate_labels
+    true_fn = candidate_mask & (labels[:, None] == other[None, :])  # (M, N)
     flagged = detected & candidate_mask
     tp = (flagged & true_fn).sum().float()
     n_flagged = flagged.sum().float()
