@@ -168,6 +168,18 @@ def batchnorm_step(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     }
 
 
+class _Stopped(Exception):
+    """Raised by the hook of :func:`_stop_at` to interrupt training after an epoch."""
+
+
+def _stop_at(epoch: int):
+    def hook(done: int, metrics: dict[str, float]) -> None:
+        if done == epoch:
+            raise _Stopped
+
+    return hook
+
+
 def train_run(
     rank: int,
     world_size: int,
@@ -175,6 +187,7 @@ def train_run(
     epochs: int,
     resume: bool,
     objective_name: str = "simclr_fnr",
+    stop_after: int = 0,
 ) -> dict[str, torch.Tensor]:
     """``train()`` on a tiny data set with deterministic views; returns the final weights and state."""
     del rank
@@ -192,16 +205,22 @@ def train_run(
         epochs=epochs, batch_size=GLOBAL_BATCH, seed=3, log_every=1, progress=False
     )
     steps = data.num_batches(GLOBAL_BATCH // world_size, True, world_size) * epochs
-    result = train(
-        method,
-        fixed_views,
-        data,
-        optimizer,
-        warmup_cosine(0.05, steps, warmup_steps=1),
-        Path(folder),
-        settings,
-        resume=resume,
-    )
+    try:
+        result = train(
+            method,
+            fixed_views,
+            data,
+            optimizer,
+            warmup_cosine(0.05, steps, warmup_steps=1),
+            Path(folder),
+            settings,
+            resume=resume,
+            epoch_hooks=[_stop_at(stop_after)] if stop_after else (),
+        )
+    except (
+        _Stopped
+    ):  # interrupted as a killed run would be: the checkpoint of epoch stop_after stays
+        return {"epochs": torch.tensor(stop_after)}
     assert context().world_size == world_size
     return {
         "epochs": torch.tensor(result.epochs_completed),

@@ -84,7 +84,8 @@ def test_two_process_training_matches_one_process_and_resumes(tmp_path, objectiv
                 straight[0][key].float(), single[key].float(), rtol=1e-3, atol=atol, msg=key
             )
     # Rank 0 wrote the checkpoints; both ranks resume from them for the second epoch.
-    run_ranks(workers.train_run, 2, str(tmp_path / "resumed"), 1, False, objective)
+    # Interrupted after epoch 1 of the same 2-epoch run (the LR and momentum schedules span both).
+    run_ranks(workers.train_run, 2, str(tmp_path / "resumed"), 2, False, objective, 1)
     resumed = run_ranks(workers.train_run, 2, str(tmp_path / "resumed"), 2, True, objective)
     for key in single:
         if key != "loss":
