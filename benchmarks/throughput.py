@@ -272,7 +272,8 @@ def _print_loop_table(med: dict[tuple[str, str], float], precisions: list[str], 
             value = med[(row, precision)]
             ratio = f"{value / base:.2f}x" if base else "-"
             of_ideal = f"{value / base / ideal:.2f}" if base and ideal else "-"
-            line += f"{value:>13.1f}{ratio:>14}{ideal or 0:>7.2f}{of_ideal:>9}"
+            ideal_text = f"{ideal:.2f}" if ideal else "-"
+            line += f"{value:>13.1f}{ratio:>14}{ideal_text:>7}{of_ideal:>9}"
         if speedup:
             line += f"{med[(row, precisions[1])] / med[(row, precisions[0])]:>11.2f}x"
         print(line)
