@@ -15,19 +15,16 @@ unpacks it into plain typed constructor arguments; core functions never see a co
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     Field,
-    PlainSerializer,
     SerializeAsAny,
     ValidationError,
     field_validator,
@@ -37,72 +34,23 @@ from pydantic import (
 from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.records import read_json_record, write_json_atomic
 from cslrobust.run_files import Int, Record, Str
+
+# Radii are parsed in the foundation (component sections use them too); config re-exports them.
+from cslrobust.sections import BARE_LINF_MAX as BARE_LINF_MAX
 from cslrobust.sections import (
     AugmentSection,
+    LinfRadius,
     ObjectiveSection,
     OptimizerSection,
     Section,
     describe_errors,
     section_errors,
 )
+from cslrobust.sections import format_linf_radius as format_linf_radius
+from cslrobust.sections import parse_linf_radius as parse_linf_radius
 
 if TYPE_CHECKING:  # config imports the registries lazily (layering); this is for annotations only
     from cslrobust.registry import ComponentRegistry
-
-#: Largest L-inf radius accepted as a bare number. Radii used to be written in units of 1/255
-#: (``eps_linf: [0.5, 1, 2, 4]``); such values are all above this bound, so an old file is rejected
-#: with a hint instead of being read as fractions 127x too large.
-BARE_LINF_MAX = 0.1
-
-
-def parse_linf_radius(value: object) -> float:
-    """An L-inf radius as a fraction of the [0,1] pixel range, from ``"8/255"`` or a number.
-
-    A bare number is a fraction (``0.0314``) and must not exceed :data:`BARE_LINF_MAX`; larger radii
-    are written as ``"k/255"``, computed as ``k / 255`` (the same float as ``k / 255.0``).
-
-    Raises:
-        ValueError: If ``value`` is neither, or the radius lies outside [0, 1].
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}")
-    if isinstance(value, int | float):
-        eps, slash = float(value), ""
-    elif isinstance(value, str):
-        num, slash, den = value.strip().partition("/")
-        try:
-            eps = float(num) / float(den) if slash else float(num)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(
-                f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}"
-            ) from None
-    else:
-        raise ValueError(f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}")
-    if not slash and eps > BARE_LINF_MAX:
-        raise ValueError(
-            f"bare radius {value!r} is above {BARE_LINF_MAX}; radii are fractions of the [0,1] "
-            f"range: write '{eps:g}/255' if you meant units of 1/255"
-        )
-    if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"L-inf radius {value!r} = {eps:g} lies outside [0, 1]")
-    return eps
-
-
-def format_linf_radius(eps: float) -> str:
-    """``"8/255"`` when that string parses back to exactly ``eps``, else the fraction (``"0.0314"``)."""
-    for text in (f"{round(eps * 255, 6):g}/255", repr(float(eps)), f"{eps * 255!r}/255"):
-        with contextlib.suppress(ValueError):
-            if parse_linf_radius(text) == eps:
-                return text
-    return f"{eps * 255!r}/255"  # off the grid above BARE_LINF_MAX: within one float rounding
-
-
-#: An L-inf radius: parsed once at the edge into a fraction; saved configs write it back as "k/255".
-LinfRadius = Annotated[
-    float,
-    BeforeValidator(parse_linf_radius),
-    PlainSerializer(format_linf_radius, return_type=str, when_used="json"),
-]
 
 
 class DataConfig(Section):

@@ -12,21 +12,82 @@ This module imports nothing from cslrobust: the config and every component packa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 __all__ = [
+    "BARE_LINF_MAX",
     "AugmentSection",
+    "LinfRadius",
     "HeadKind",
     "ObjectiveSection",
     "OptimizerSection",
     "Section",
     "describe_errors",
+    "format_linf_radius",
+    "parse_linf_radius",
     "section_errors",
 ]
+
+#: Largest L-inf radius accepted as a bare number. Radii used to be written in units of 1/255
+#: (``eps_linf: [0.5, 1, 2, 4]``); such values are all above this bound, so an old file is rejected
+#: with a hint instead of being read as fractions 127x too large.
+BARE_LINF_MAX = 0.1
+
+
+def parse_linf_radius(value: object) -> float:
+    """An L-inf radius as a fraction of the [0,1] pixel range, from ``"8/255"`` or a number.
+
+    A bare number is a fraction (``0.0314``) and must not exceed :data:`BARE_LINF_MAX`; larger radii
+    are written as ``"k/255"``, computed as ``k / 255`` (the same float as ``k / 255.0``).
+
+    Raises:
+        ValueError: If ``value`` is neither, or the radius lies outside [0, 1].
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}")
+    if isinstance(value, int | float):
+        eps, slash = float(value), ""
+    elif isinstance(value, str):
+        num, slash, den = value.strip().partition("/")
+        try:
+            eps = float(num) / float(den) if slash else float(num)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(
+                f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}"
+            ) from None
+    else:
+        raise ValueError(f"expected an L-inf radius such as '8/255' or 0.0314, got {value!r}")
+    if not slash and eps > BARE_LINF_MAX:
+        raise ValueError(
+            f"bare radius {value!r} is above {BARE_LINF_MAX}; radii are fractions of the [0,1] "
+            f"range: write '{eps:g}/255' if you meant units of 1/255"
+        )
+    if not 0.0 <= eps <= 1.0:
+        raise ValueError(f"L-inf radius {value!r} = {eps:g} lies outside [0, 1]")
+    return eps
+
+
+def format_linf_radius(eps: float) -> str:
+    """``"8/255"`` when that string parses back to exactly ``eps``, else the fraction (``"0.0314"``)."""
+    for text in (f"{round(eps * 255, 6):g}/255", repr(float(eps)), f"{eps * 255!r}/255"):
+        with contextlib.suppress(ValueError):
+            if parse_linf_radius(text) == eps:
+                return text
+    return f"{eps * 255!r}/255"  # off the grid above BARE_LINF_MAX: within one float rounding
+
+
+#: An L-inf radius: parsed once at the edge into a fraction; saved configs write it back as "k/255".
+LinfRadius = Annotated[
+    float,
+    BeforeValidator(parse_linf_radius),
+    PlainSerializer(format_linf_radius, return_type=str, when_used="json"),
+]
+
 
 HeadKind = Literal["projector", "classifier", "none"]
 """The head an objective trains on: an MLP projector (contrastive) or a linear classifier; ``"none"``

@@ -16,15 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cslrobust.attacks.ascent import projected_ascent
 from cslrobust.attacks.registry import ATTACKS
-from cslrobust.attacks.target import AttackTarget, input_gradient, validate_attack_inputs
-from cslrobust.attacks.threat_model import (
-    Norm,
-    ascent_direction,
-    project,
-    sample_ball,
-    validate_norm,
-)
+from cslrobust.attacks.target import AttackTarget, validate_attack_inputs
+from cslrobust.attacks.threat_model import Norm, validate_norm
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -88,53 +83,26 @@ def pgd(
     """
     norm = validate_norm(norm)
     validate_attack_inputs(target, x, y, eps)
-    if steps < 0 or restarts < 1 or not (0.0 <= step_size < float("inf")):
-        raise ValueError(
-            f"need steps >= 0, restarts >= 1 and a finite step_size >= 0; "
-            f"got steps={steps}, restarts={restarts}, step_size={step_size}"
-        )
-    if random_start and generator is None:
-        raise ValueError("random_start needs an explicit generator (the global RNG is never used)")
-    if restarts > 1 and not random_start:
-        raise ValueError(
-            "restarts > 1 needs random_start=True; otherwise every restart is identical"
-        )
-    x = x.detach()
-    best_x = x.clone()
-    best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
-    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for _ in range(restarts):
-        index = (~fooled).nonzero().squeeze(1)  # (A,) samples still to attack
-        if index.numel() == 0:
-            break
-        x_clean, y_active = x[index], y[index]
-        if random_start:
-            assert generator is not None  # checked above; narrows the type
-            x_k = project(x_clean + sample_ball(x_clean, eps, norm, generator), x_clean, eps, norm)
-        else:
-            x_k = x_clean
-        for k in range(steps + 1):
-            if k < steps:
-                logits, loss, grad = input_gradient(target, x_k, y_active)
-            else:  # the last iterate only needs evaluating
-                with torch.no_grad():
-                    logits = target(x_k)
-                    loss = F.cross_entropy(logits, y_active, reduction="none")
-            is_fooled = logits.argmax(dim=1) != y_active  # (A,)
-            better = is_fooled | (loss > best_loss[index])
-            best_x[index[better]] = x_k[better]
-            best_loss[index[better]] = loss[better]
-            fooled[index[is_fooled]] = True
-            if k == steps:
-                break
-            keep = ~is_fooled
-            if not bool(keep.any()):
-                break
-            index, x_clean, y_active = index[keep], x_clean[keep], y_active[keep]
-            x_k = project(
-                x_k[keep] + step_size * ascent_direction(grad[keep], norm), x_clean, eps, norm
-            )
-    return best_x
+
+    def cross_entropy(x_k: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-sample cross-entropy of the samples still attacked, and which are fooled."""
+        labels = y[index]
+        logits = target(x_k)
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        return loss, logits.argmax(dim=1) != labels
+
+    return projected_ascent(
+        cross_entropy,
+        x,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        norm=norm,
+        random_start=random_start,
+        generator=generator,
+        restarts=restarts,
+        keep="best",
+    )
 
 
 @ATTACKS.register("pgd")

@@ -18,6 +18,7 @@ Augmentations never normalise: outputs are [0, 1] images and normalisation belon
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -37,6 +38,7 @@ __all__ = [
     "CropFlipAugmentSection",
     "NoAugmentSection",
     "PipelineBuilder",
+    "ScheduledViews",
     "SimCLRAugmentSection",
     "SimCLRViewsSection",
     "ViewAugment",
@@ -120,6 +122,28 @@ class SimCLRViewsSection(AugmentSection):
         if not _valid_jitter(value):
             raise ValueError(f"expected {_JITTER_EXPECTED}")
         return value
+
+    def at_strength(self, strength: float) -> SimCLRViewsSection:
+        """These strengths scaled by ``strength`` in [0, 1] (DynACL's annealing).
+
+        As DynACL's code (PKU-ML/DYNACL ``reload``), from this section's values: the crop's
+        smallest area ``hi - (hi - lo) * s`` (DynACL: ``1 - 0.9 s``), jitter strengths, jitter and
+        grayscale probabilities times ``s``; the flip is kept. ``s = 1`` is this section.
+
+        Raises:
+            ValueError: If ``strength`` is outside [0, 1].
+        """
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"augmentation strength must be in [0, 1], got {strength}")
+        low, high = self.crop_scale
+        return self.model_copy(
+            update={
+                "crop_scale": (high - (high - low) * strength, high),
+                "jitter": tuple(j * strength for j in self.jitter),
+                "jitter_p": self.jitter_p * strength,
+                "grayscale_p": self.grayscale_p * strength,
+            }
+        )
 
     def params(self) -> AugmentParams:
         """These strengths as the recipe's :class:`AugmentParams`."""
@@ -253,6 +277,53 @@ class ViewAugment(nn.Module):
     def extra_repr(self) -> str:
         """Show the preset's section in ``repr``."""
         return repr(self.section)
+
+
+class ScheduledViews:
+    """Views whose augmentation strength changes with the epoch (DynACL's annealing).
+
+    The loop calls :meth:`set_epoch` before each epoch; the views of that epoch come from the
+    section at ``strength_of(epoch)`` (:meth:`SimCLRViewsSection.at_strength`). Random draws are as
+    :class:`ViewAugment`'s (the caller scopes the global RNG per epoch).
+
+    Args:
+        section: A section with strengths (``simclr`` or ``simclr_fast``).
+        strength_of: 0-based epoch -> strength in [0, 1].
+        device: Where the pipelines run.
+
+    Raises:
+        ConfigError: If the section has no strengths to anneal.
+    """
+
+    def __init__(
+        self,
+        section: AugmentSection,
+        strength_of: Callable[[int], float],
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not isinstance(section, SimCLRViewsSection):
+            raise ConfigError(
+                f"augment.kind {section.kind!r} has no strengths to anneal; expected 'simclr' or "
+                "'simclr_fast' (DynACL anneals the SimCLR recipe's strengths)"
+            )
+        self.section = section
+        self.strength_of = strength_of
+        self.device = device
+        self._views: dict[float, ViewAugment] = {}
+        self.strength = 1.0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the strength of ``epoch`` (0-based) from now on."""
+        self.strength = float(self.strength_of(epoch))
+        if self.strength not in self._views:
+            assert isinstance(self.section, SimCLRViewsSection)
+            scaled = self.section.at_strength(self.strength)
+            self._views[self.strength] = build_augment(scaled).to(self.device)
+
+    def __call__(self, images: torch.Tensor, n_views: int) -> torch.Tensor:
+        """``n_views`` views of ``images`` at the current strength (shapes as :class:`ViewAugment`)."""
+        return self._views[self.strength](images, n_views)
 
 
 def build_augment(section: AugmentSection) -> ViewAugment:

@@ -4,6 +4,17 @@ Importing this package registers every built-in objective in :data:`OBJECTIVES` 
 detector in :data:`FN_DETECTORS`, each with its typed config section.
 """
 
+from cslrobust.objectives.adversarial import (
+    ACLSection,
+    AdversarialContrastiveMethod,
+    AdversarialObjective,
+    AdversarialSection,
+    DynACLSection,
+    RoCLSection,
+    ViewAttackSection,
+    dynacl_adversarial_weight,
+    dynacl_strength,
+)
 from cslrobust.objectives.barlow import BarlowTwinsObjective, BarlowTwinsSection
 from cslrobust.objectives.contrastive import (
     Reduction,
@@ -47,6 +58,7 @@ from cslrobust.objectives.method import (
     MethodObjective,
     ObjectiveMethod,
     TrainingMethod,
+    ViewPerturbation,
     ViewRunner,
     build_method,
 )
@@ -81,6 +93,16 @@ from cslrobust.objectives.supcon import SupConObjective, SupConSection
 from cslrobust.objectives.supervised import SupervisedObjective, SupervisedSection
 
 __all__ = [
+    "ACLSection",
+    "AdversarialContrastiveMethod",
+    "AdversarialObjective",
+    "AdversarialSection",
+    "DynACLSection",
+    "RoCLSection",
+    "ViewAttackSection",
+    "ViewPerturbation",
+    "dynacl_adversarial_weight",
+    "dynacl_strength",
     "FAMILIES",
     "FN_DETECTORS",
     "BYOLObjective",

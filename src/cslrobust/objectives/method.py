@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -53,6 +53,7 @@ __all__ = [
     "MethodObjective",
     "ObjectiveMethod",
     "TrainingMethod",
+    "ViewPerturbation",
     "ViewRunner",
     "build_method",
     "cosine_momentum",
@@ -63,8 +64,40 @@ __all__ = [
 ]
 
 
+class ViewPerturbation(Protocol):
+    """A training-time attack on views, built by the composition root and given to the loop.
+
+    The loop never imports the attack layer: the train stage builds the attack from the method's
+    settings (:class:`~cslrobust.attacks.ascent.ViewAttack`) and passes it to ``train``, which
+    offers it to the method through :meth:`ViewRunner.perturb`.
+    """
+
+    def __call__(
+        self,
+        loss_fn: Callable[[Tensor], Tensor],
+        x: Tensor,
+        *,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """``x`` moved within the threat model to raise the scalar ``loss_fn(x)``; detached."""
+        ...
+
+
 class ViewRunner(Protocol):
     """The loop's forward over the views (precision, memory layout, gathering across ranks)."""
+
+    def perturb(self, loss_fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """Adversarial ``x`` for the scalar ``loss_fn`` (the loop's :class:`ViewPerturbation`).
+
+        The random start comes from a stream of this step's own (``(seed, "attack", step)``, per
+        rank), so a resumed run draws exactly the same perturbations. The caller puts its modules
+        in eval mode first when BatchNorm statistics must not change (ACL, RoCL and DynACL do).
+
+        Raises:
+            ConfigError: If the loop was given no perturbation (the train stage builds it for a
+                method with ``attack`` settings).
+        """
+        ...
 
     def __call__(self, module: nn.Module, views: Tensor, *, grad: bool = True) -> Tensor:
         """Run ``module`` on every view of this rank's images.

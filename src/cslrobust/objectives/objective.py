@@ -295,6 +295,8 @@ FAMILIES: dict[str, str] = {
     "contrastive": "contrastive with negatives",
     "fn_removal": "contrastive with false-negative removal",
     "negative_free": "negative-free",
+    "adversarial": "adversarial contrastive",
+    "adversarial_fn_removal": "adversarial contrastive with false-negative removal",
 }
 """Method families of the report, in its order: key -> title."""
 
@@ -303,8 +305,12 @@ def family_of(section: ObjectiveSection) -> str:
     """The family key of a configured objective.
 
     The section class declares it (``family``); a contrastive objective configured with a
-    false-negative detector (an ``fn`` sub-section) belongs to ``fn_removal``.
+    false-negative detector (an ``fn`` sub-section) belongs to ``fn_removal``, an adversarial one
+    (ACL, RoCL, DynACL) with a detector to ``adversarial_fn_removal``.
     """
-    if section.family == "contrastive" and getattr(section, "fn", None) is not None:
-        return "fn_removal"
+    if getattr(section, "fn", None) is not None:
+        if section.family == "contrastive":
+            return "fn_removal"
+        if section.family == "adversarial":
+            return "adversarial_fn_removal"
     return section.family

@@ -65,8 +65,10 @@ class SimCLRFNRObjective:
         warmup_epochs: Epochs of plain SimCLR before removal starts (detectors that rely on the
             embeddings need a partly trained encoder). Bank detectors are first fitted at the
             start of epoch ``warmup_epochs``.
-        support_views: Extra views per sample for the detector only (``n_views = 2 +
+        support_views: Extra views per sample for the detector only (``n_views = loss_views +
             support_views``).
+        loss_views: Views per sample in the loss (2; RoCL's loss has 3: two views and the
+            adversarial one). Each view of an instance is a positive of the others.
 
     Raises:
         ConfigError: On an unknown mode, ``temperature <= 0``, ``warmup_epochs < 0``,
@@ -78,6 +80,7 @@ class SimCLRFNRObjective:
     temperature: float = 0.5
     warmup_epochs: int = 0
     support_views: int = 0
+    loss_views: int = 2
     head_kind: HeadKind = field(default="projector", init=False)
 
     def __post_init__(self) -> None:
@@ -95,6 +98,8 @@ class SimCLRFNRObjective:
             raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.support_views < 0:
             raise ConfigError(f"support_views must be >= 0, got {self.support_views}")
+        if self.loss_views < 2:
+            raise ConfigError(f"loss_views must be >= 2, got {self.loss_views}")
         if self.support_views != detector.support_views:
             raise ConfigError(
                 f"support_views={self.support_views} of simclr_fnr differs from the detector's "
@@ -103,8 +108,8 @@ class SimCLRFNRObjective:
 
     @property
     def n_views(self) -> int:
-        """Views per sample: the two loss views plus the support views."""
-        return 2 + self.support_views
+        """Views per sample: the loss views plus the support views."""
+        return self.loss_views + self.support_views
 
     def needs_bank(self, epoch: int) -> bool:
         """Whether to refresh a bank detector at the start of ``epoch``.
@@ -182,12 +187,13 @@ class SimCLRFNRObjective:
         """
         check_batch(outputs, index, labels, self.n_views)
         index, labels = index.to(outputs.device), labels.to(outputs.device)
-        z = normalize_views(outputs[:2])  # (2B, D): the loss views only
+        views = self.loss_views
+        z = normalize_views(outputs[:views])  # (LB, D): the loss views only
         support = None
         if self.support_views > 0:
-            support = F.normalize(outputs[2:].detach(), dim=-1)  # (S, B, D), detection only
-        sample_ids = expand_to_views(index, 2)  # (2B,)
-        row_labels = expand_to_views(labels, 2)  # (2B,)
+            support = F.normalize(outputs[views:].detach(), dim=-1)  # (S, B, D), detection only
+        sample_ids = expand_to_views(index, views)  # (LB,)
+        row_labels = expand_to_views(labels, views)  # (LB,)
         pos = instance_positive_mask(sample_ids)  # (2B, 2B)
         neg = negative_mask(pos)
 

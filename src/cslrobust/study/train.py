@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from cslrobust.augment import build_augment
+from cslrobust.attacks.ascent import ViewAttack
+from cslrobust.augment import ScheduledViews, build_augment
 from cslrobust.config import RunConfig, load_saved_config, save_config
 from cslrobust.distributed import barrier, context, is_main, on_main
 from cslrobust.errors import ConfigError
@@ -40,6 +41,7 @@ from cslrobust.training import (
     train,
     warmup_cosine,
 )
+from cslrobust.training.loop import ViewFn
 
 
 def model_metadata(objective: Objective, encoder: Encoder) -> dict[str, str]:
@@ -93,6 +95,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         torch.manual_seed(derive_seed(cfg.seed, "method"))
         method = build_method(objective, encoder)
     tr = cfg.train
+    make_views, perturbation = _adversarial_wiring(method, cfg, make_views)
     optimizer = build_optimizer(method.network(), tr)
     n_steps = steps_per_epoch(splits.train, tr.batch_size, tr.drop_last)
     if n_steps == 0:
@@ -148,6 +151,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
                 weights_metadata=metadata,
                 resume=resume,
                 metric_log=log,
+                perturbation=perturbation,
             )
     summary = {
         "run_id": cfg.run_id(),
@@ -165,6 +169,32 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         **provenance(),
     }
     return publish(run_dir / TRAIN_FILE, summary)
+
+
+def _adversarial_wiring(
+    method: object, cfg: RunConfig, make_views: ViewFn
+) -> tuple[ViewFn, ViewAttack | None]:
+    """What an adversarial method needs from the composition root.
+
+    Its view attack (built here from the method's ``attack_settings()``: the loop never imports
+    the attack layer), the run's length (``set_total_epochs``) and, for an annealed augmentation
+    (``augment_strength``), views whose strength follows the epoch. Other methods: unchanged.
+    """
+    settings = getattr(method, "attack_settings", None)
+    if settings is None:
+        return make_views, None
+    attack = settings()
+    perturbation = ViewAttack(
+        eps=attack.eps,
+        step_size=attack.step_size,
+        steps=attack.steps,
+        random_start=attack.random_start,
+    )
+    method.set_total_epochs(cfg.train.epochs)  # type: ignore[attr-defined]
+    strength = getattr(method, "augment_strength", None)
+    if strength is not None:
+        make_views = ScheduledViews(cfg.augment, strength, cfg.device)
+    return make_views, perturbation
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from cslrobust.distributed import (
 )
 from cslrobust.errors import CheckpointError, ConfigError, TrainingDivergedError
 from cslrobust.objectives import objective_needs_bank, refresh_objective
-from cslrobust.objectives.method import TrainingMethod
+from cslrobust.objectives.method import TrainingMethod, ViewPerturbation
 from cslrobust.provenance import provenance
 from cslrobust.run_files import field_error
 from cslrobust.seeding import derive_seed, make_generator, rng_scope
@@ -268,6 +268,7 @@ def train(
     resume: bool = False,
     metric_log: MetricLog | None = None,
     epoch_hooks: Sequence[Callable[[int, dict[str, float]], None]] = (),
+    perturbation: ViewPerturbation | None = None,
 ) -> TrainResult:
     """Train ``method`` for ``settings.epochs`` epochs, checkpointing every epoch.
 
@@ -285,6 +286,10 @@ def train(
         resume: Continue from the latest checkpoint in ``checkpoint_dir`` if there is one.
         metric_log: Optional scalar log (JSON lines / TensorBoard).
         epoch_hooks: Called as ``hook(epoch, epoch_metrics)`` after each epoch's checkpoint.
+        perturbation: The training-time attack on views that adversarial methods ask for through
+            the view runner (built by the composition root; the loop does not import attacks).
+            ``make_views`` may have ``set_epoch(epoch)`` (an epoch-dependent augmentation, e.g.
+            DynACL's annealed strength); it is called before each epoch's views are drawn.
 
     Returns:
         The per-epoch metric history and the final checkpoint.
@@ -339,6 +344,9 @@ def train(
             )
         for module in method.modules().values():
             module.train()
+        set_epoch = getattr(make_views, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
         data_gen = make_generator(settings.seed, "data", epoch)
         objective_gen = make_generator(settings.seed, "objective", epoch, device=device)
         sums: dict[str, torch.Tensor] = {}
@@ -374,7 +382,13 @@ def train(
                 # Collectives need the backend's device (NCCL: CUDA): ids travel like the outputs.
                 index = gather_equal(batch.index.to(device))
                 labels = gather_equal(batch.labels.to(device))
-                run = _ViewRunner(n_views, batch.images.shape[0], settings.precision)
+                run = _ViewRunner(
+                    n_views,
+                    batch.images.shape[0],
+                    settings.precision,
+                    perturbation,
+                    (settings.seed, global_step, ctx.world_size, ctx.rank),
+                )
                 # Every rank evaluates the loss on the same global batch (same generator).
                 out = method.loss(
                     run, network, views, index, labels, generator=objective_gen, epoch=epoch
@@ -476,12 +490,40 @@ def _step_model(method: TrainingMethod, settings: LoopSettings, device: torch.de
 
 
 class _ViewRunner:
-    """The loop's :class:`~cslrobust.objectives.method.ViewRunner` for one step."""
+    """The loop's :class:`~cslrobust.objectives.method.ViewRunner` for one step.
 
-    def __init__(self, n_views: int, local_batch: int, precision: Precision) -> None:
+    ``attack_keys`` = ``(seed, global step, world size, rank)``: the step's attack stream is
+    ``(seed, "attack", step)`` plus the rank in a multi-process run (none added in one process).
+    """
+
+    def __init__(
+        self,
+        n_views: int,
+        local_batch: int,
+        precision: Precision,
+        perturbation: ViewPerturbation | None = None,
+        attack_keys: tuple[int, int, int, int] = (0, 0, 1, 0),
+    ) -> None:
         self.n_views = n_views
         self.local_batch = local_batch
         self.precision = precision
+        self.perturbation = perturbation
+        self.attack_keys = attack_keys
+
+    def perturb(
+        self, loss_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+    ) -> torch.Tensor:
+        """Adversarial ``x`` for ``loss_fn`` with this step's attack stream (see the protocol)."""
+        if self.perturbation is None:
+            raise ConfigError(
+                "this method attacks its views but the loop was given no perturbation; "
+                "expected train(..., perturbation=ViewAttack(...)) from the train stage"
+            )
+        seed, step, world_size, rank = self.attack_keys
+        generator = make_generator(
+            seed, "attack", step, *rank_seed_keys(world_size, rank), device=x.device
+        )
+        return self.perturbation(loss_fn, x, generator=generator)
 
     def __call__(
         self, module: nn.Module, views: torch.Tensor, *, grad: bool = True
@@ -492,5 +534,7 @@ class _ViewRunner:
                 views.device.type, torch.bfloat16, enabled=self.precision == "bf16"
             ):
                 outputs = module(views)  # (V*b, D)
-            outputs = outputs.float().view(self.n_views, self.local_batch, -1)  # (V, b, D)
+            # (V, b, D): V = the views given (n_views for the loop's views; fewer or more for
+            # an adversarial method's own batches of views)
+            outputs = outputs.float().view(-1, self.local_batch, outputs.shape[-1])
             return gather_with_grad(outputs, dim=1)  # (V, B, D)
