@@ -10,10 +10,12 @@ from pathlib import Path
 
 import torch
 
+from cslrobust.attacks.ascent import ViewAttack
 from cslrobust.data import TensorImageDataset
 from cslrobust.distributed import context, convert_global_batchnorm, gather_equal
 from cslrobust.models import build_encoder
 from cslrobust.objectives import (
+    ACLSection,
     BarlowTwinsSection,
     BYOLSection,
     MoCoMethod,
@@ -24,6 +26,7 @@ from cslrobust.objectives import (
     SimCLRSection,
     SimSiamSection,
     SupConSection,
+    ViewAttackSection,
     build_objective,
 )
 from cslrobust.objectives.method import build_method
@@ -43,7 +46,23 @@ OBJECTIVES: dict[str, ObjectiveSection] = {
     # rather than MoCo's 0.2: at 0.2 the summation-order differences of 2 vs 1 process grow to ~6e-3
     # in four steps (measured; 4e-6 at 0.5), beyond the trajectory test's tolerance.
     "moco": MoCoSection(queue_size=24, temperature=0.5),
+    # ACL's dual stream with dual BN and oracle removal; no random start, so the attack is the same
+    # in 1 and 2 processes (the random starts are drawn per rank, as the augmentations).
+    "acl_oracle": ACLSection(
+        fn=OracleSection(mode="eliminate"),
+        attack=ViewAttackSection(steps=2, random_start=False),
+    ),
 }
+
+
+def _perturbation(method: object) -> ViewAttack | None:
+    """The view attack an adversarial method asks for (as the train stage builds it)."""
+    settings = getattr(method, "attack_settings", None)
+    if settings is None:
+        return None
+    a = settings()
+    method.set_total_epochs(2)  # type: ignore[attr-defined]
+    return ViewAttack(eps=a.eps, step_size=a.step_size, steps=a.steps, random_start=a.random_start)
 
 
 def fixed_views(images: torch.Tensor, n_views: int) -> torch.Tensor:
@@ -106,7 +125,9 @@ def loss_and_grads(rank: int, world_size: int, objective_name: str) -> dict[str,
     for module in method.modules().values():
         module.train()
     views = fixed_views(images[mine], method.n_views)
-    run = _ViewRunner(method.n_views, per_rank, "fp32")
+    run = _ViewRunner(
+        method.n_views, per_rank, "fp32", _perturbation(method), (0, 0, world_size, rank)
+    )
     generator = torch.Generator().manual_seed(5)
     if isinstance(method, MoCoMethod):
         # A queue starts empty (loss 0): fill it with the keys of another global batch first.
@@ -216,6 +237,7 @@ def train_run(
             settings,
             resume=resume,
             epoch_hooks=[_stop_at(stop_after)] if stop_after else (),
+            perturbation=_perturbation(method),
         )
     except (
         _Stopped

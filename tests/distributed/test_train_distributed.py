@@ -67,7 +67,7 @@ def test_collectives_are_identities_in_one_process():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["simclr_fnr", "byol", "moco"])
+@pytest.mark.parametrize("objective", ["simclr_fnr", "byol", "moco", "acl_oracle"])
 def test_two_process_training_matches_one_process_and_resumes(tmp_path, objective: str):
     single = workers.train_run(0, 1, str(tmp_path / "one"), 2, False, objective)
     straight = run_ranks(workers.train_run, 2, str(tmp_path / "two"), 2, False, objective)
@@ -76,7 +76,9 @@ def test_two_process_training_matches_one_process_and_resumes(tmp_path, objectiv
     # steps on 8-image batches rounding differences have grown to ~1e-4 (measured 7e-5); the
     # one-step equality to 1e-5 is the test above. BYOL's predictor and cosine loss amplify it more
     # (measured 1.5e-3 after four steps, 2026-12-03).
-    atol = 3e-3 if objective == "byol" else 5e-4
+    # ACL: the attack's sign(gradient) flips where an input gradient is ~0 under another summation
+    # order (measured 8.9e-4 after four steps, losses equal to 4 digits; one step holds to 1e-5).
+    atol = {"byol": 3e-3, "acl_oracle": 2e-3}.get(objective, 5e-4)
     for key in single:
         torch.testing.assert_close(straight[1][key], straight[0][key], rtol=0, atol=0, msg=key)
         if key != "epochs":

@@ -138,7 +138,7 @@ class SimCLRViewsSection(AugmentSection):
         low, high = self.crop_scale
         return self.model_copy(
             update={
-                "crop_scale": (high - (high - low) * strength, high),
+                "crop_scale": (low + (high - low) * (1.0 - strength), high),
                 "jitter": tuple(j * strength for j in self.jitter),
                 "jitter_p": self.jitter_p * strength,
                 "grayscale_p": self.grayscale_p * strength,
