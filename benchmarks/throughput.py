@@ -70,6 +70,7 @@ from typing import Any
 import torch
 
 from cslrobust.attacks import AttackTarget, robust_accuracy
+from cslrobust.attacks.ascent import ViewAttack
 from cslrobust.augment import AUGMENTATIONS, SimCLRAugmentSection, build_augment
 from cslrobust.data import TensorImageDataset
 from cslrobust.models import Classifier, build_encoder
@@ -157,6 +158,11 @@ def loop_rate(
         device=device,
     )
     method = build_method(objective, encoder)
+    perturbation = None
+    if hasattr(method, "attack_settings"):  # adversarial methods: wired as the train stage does
+        attack = method.attack_settings()
+        perturbation = ViewAttack(attack.eps, attack.step_size, attack.steps)
+        method.set_total_epochs(1)
     optimizer = build_sgd(method.network(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     settings = LoopSettings(
         epochs=1,
@@ -176,6 +182,7 @@ def loop_rate(
             warmup_cosine(0.01, steps + 1, 0),
             Path(tmp),
             settings,
+            perturbation=perturbation,
         )
     # The loop's own clock covers the whole epoch, including the first (warm-up) step: remove it by
     # re-running would double the cost, so report the epoch rate as measured (conservative).
@@ -282,7 +289,9 @@ def _print_loop_table(med: dict[tuple[str, str], float], precisions: list[str], 
         "through the network (B for supervised and PGD, 2B views for contrastive objectives). "
         "ideal: what a step costs over the bare forward+backward if nothing but the method's own "
         "extra passes were added (a target network's forward without backward costs about a third "
-        "of a step: BYOL, MoCo 0.75; every other objective 1.00); of ideal = measured / ideal "
+        "of a step: BYOL, MoCo 0.75; adversarial methods 1/(k + 2) for ACL's and DynACL's dual "
+        "stream with k attack steps, RoCL 1/(k/2 + 1.67); every other objective 1.00); "
+        "of ideal = measured / ideal "
         "(the loop also pays for augmentation, the loss and the optimiser)."
     )
 
@@ -293,11 +302,35 @@ TARGET_FORWARD_COST = 1 / 3
 TARGET_NETWORK_METHODS = ("byol", "moco")
 
 
+def adversarial_step_cost(name: str) -> float | None:
+    """Passes of an adversarial method's step, in forward+backward passes over the 2B views.
+
+    ACL's dual stream and DynACL: ``k`` attack passes on both views (input gradient only) + the
+    clean and the adversarial training pass = ``k + 2``; A2A ``k + 1``; A2S and RoCL attack one
+    view (``k/2``) against a fixed partner embedded once (a forward: 1/3 of a pass, on half the
+    views); A2S then trains on two views (1), RoCL on three (1.5). ``None`` for other methods.
+    """
+    section = OBJECTIVES.section(name)
+    attack = getattr(section, "attack", None)
+    if attack is None:
+        return None
+    k = attack.steps
+    if name == "rocl":
+        return k / 2 + TARGET_FORWARD_COST / 2 + 1.5
+    variant = getattr(section, "variant", "ds")
+    if variant == "a2s":
+        return k / 2 + TARGET_FORWARD_COST / 2 + 1
+    return k + (1 if variant == "a2a" else 2)
+
+
 def _ideal_ratio(row: str) -> float | None:
     """The ideal images/s of a training-loop row as a fraction of the bare fwd+bwd rate."""
     if not row.startswith("train loop: "):
         return None
     name = row.removeprefix("train loop: ")
+    adversarial = adversarial_step_cost(name)
+    if adversarial is not None:
+        return 1 / adversarial
     return 1 / (1 + TARGET_FORWARD_COST) if name in TARGET_NETWORK_METHODS else 1.0
 
 
