@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cslrobust.attacks.ascent import loss_gradient
+
 M = TypeVar("M", bound=nn.Module)
 
 Precision = Literal["fp32", "bf16"]
@@ -182,12 +184,12 @@ def input_gradient(target: AttackTarget, x: Tensor, y: Tensor) -> tuple[Tensor, 
     Raises:
         RuntimeError: Under ``torch.inference_mode()``, where no gradient can be computed.
     """
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError("attacks need autograd; do not call them under torch.inference_mode()")
-    with torch.enable_grad():
-        # ``clone`` also turns an inference tensor (from feature extraction) into a normal one.
-        x_var = x.detach().clone().requires_grad_(True)
+    seen: list[Tensor] = []
+
+    def cross_entropy(x_var: Tensor, index: Tensor) -> tuple[Tensor, None]:
         logits = target(x_var)
-        loss = F.cross_entropy(logits, y, reduction="none")
-        (grad,) = torch.autograd.grad(loss.sum(), x_var)
-    return logits.detach(), loss.detach(), grad
+        seen.append(logits)
+        return F.cross_entropy(logits, y, reduction="none"), None
+
+    loss, _, grad = loss_gradient(cross_entropy, x, torch.arange(x.shape[0], device=x.device))
+    return seen[0].detach(), loss, grad
