@@ -291,7 +291,7 @@ def test_the_identity_has_the_legacy_flat_shape() -> None:
         (
             ["objective.name=swav"],
             "invalid config: objective.name='swav': unknown objective 'swav'; expected one of "
-            "['barlow', 'byol', 'debiased', 'moco', 'simclr', 'simclr_fnr', 'simsiam', "
+            "['acl', 'barlow', 'byol', 'debiased', 'dynacl', 'moco', 'rocl', 'simclr', 'simclr_fnr', 'simsiam', "
             "'supcon', 'supervised']",
         ),
         (

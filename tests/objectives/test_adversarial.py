@@ -51,7 +51,9 @@ def _runner(b: int, steps: int = 2) -> _ViewRunner:
 
 
 def _bn_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in module.state_dict().items() if "running" in k or "tracked" in k}
+    return {
+        k: v.clone() for k, v in module.state_dict().items() if "running" in k or "tracked" in k
+    }
 
 
 def test_attack_generation_changes_no_statistic_and_no_parameter_gradient():
@@ -84,7 +86,9 @@ def test_dual_bn_keeps_the_clean_branch_untouched_by_adversarial_batches():
     method._outputs(runner, network, views, "adversarial")  # an adversarial batch
     for key, value in method.dual.other.state_dict().items():
         assert torch.equal(value, clean_before[key]), key  # the clean branch saw nothing
-    changed = [k for k, v in _bn_state(method.encoder).items() if not torch.equal(v, adversarial_before[k])]
+    changed = [
+        k for k, v in _bn_state(method.encoder).items() if not torch.equal(v, adversarial_before[k])
+    ]
     assert any("running_mean" in k for k in changed)  # the adversarial branch did
     adversarial_now = _bn_state(method.encoder)
     method._outputs(runner, network, views, "clean")  # and a clean batch moves only the clean one

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from cslrobust.attacks.ascent import ViewAttack
 from cslrobust.errors import ConfigError
 from cslrobust.models import build_encoder
 from cslrobust.objectives import (
@@ -18,6 +19,7 @@ from cslrobust.objectives import (
     objective_state,
     refresh_objective,
 )
+from cslrobust.training.loop import _ViewRunner
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
@@ -71,10 +73,10 @@ def _method_contract(objective: MethodObjective) -> None:
     params = {id(p) for p in method.network().parameters()}
     assert all(id(p) in params for p in encoder.parameters())  # the encoder is optimised
     batch, n_views = 6, method.n_views
-
-    def run(module, views, *, grad=True):
-        with torch.set_grad_enabled(grad):
-            return module(views).float().view(n_views, batch, -1)
+    if hasattr(method, "set_total_epochs"):  # adversarial methods: wired as the train stage does
+        method.set_total_epochs(10)
+    # The loop's runner (one process), with a view attack for the adversarial methods.
+    run = _ViewRunner(n_views, batch, "fp32", ViewAttack(8 / 255, 2 / 255, 2), (0, 0, 1, 0))
 
     views = torch.rand(n_views * batch, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     out = method.loss(

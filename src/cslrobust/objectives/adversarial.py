@@ -35,14 +35,13 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from cslrobust.models.dual_bn import DualBatchNorm, DualBNNetwork
 from cslrobust.objectives.contrastive_objective import ContrastiveSection
 from cslrobust.objectives.fn_detectors import (
-    FN_DETECTORS,
-    FalseNegativeSection,
+    OptionalRemoval,
     build_fn_detector,
 )
 from cslrobust.objectives.method import (
@@ -118,14 +117,7 @@ class AdversarialSection(ContrastiveSection):
 
     family: ClassVar[str] = "adversarial"
     attack: ViewAttackSection = Field(default_factory=ViewAttackSection)
-    fn: SerializeAsAny[FalseNegativeSection] | None = None
-
-    @field_validator("fn", mode="before")
-    @classmethod
-    def _detector_section(cls, value: object) -> FalseNegativeSection | None:
-        if value is None:
-            return None
-        return FN_DETECTORS.parse(value, default="oracle")
+    fn: OptionalRemoval = None
 
 
 class ACLSection(AdversarialSection):

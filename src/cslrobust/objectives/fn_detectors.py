@@ -45,10 +45,10 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import BeforeValidator, Field, SerializeAsAny
 from torch import Tensor
 
 from cslrobust.errors import ConfigError
@@ -230,6 +230,20 @@ FN_DETECTORS: ComponentRegistry[FalseNegativeSection, FalseNegativeDetectorBuild
     ComponentRegistry("detector", key="detector", base=FalseNegativeSection)
 )
 """False-negative detectors keyed by ``objective.fn.detector``: section class and builder each."""
+
+
+def _optional_detector_section(value: object) -> FalseNegativeSection | None:
+    """``None`` (no removal) or the section of the detector ``value`` names (``oracle`` if unnamed)."""
+    if value is None:
+        return None
+    return FN_DETECTORS.parse(value, default="oracle")
+
+
+OptionalRemoval = Annotated[
+    SerializeAsAny[FalseNegativeSection] | None, BeforeValidator(_optional_detector_section)
+]
+"""The ``fn`` field of an objective whose false-negative removal is optional (``moco``, ``acl``,
+``rocl``, ``dynacl``): ``null`` for none, else a detector section exactly as ``simclr_fnr``'s."""
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

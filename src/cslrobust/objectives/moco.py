@@ -55,19 +55,18 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, SerializeAsAny, field_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from cslrobust.errors import ConfigError
 from cslrobust.objectives.contrastive import info_nce_logits, normalize_views
 from cslrobust.objectives.contrastive_objective import ContrastiveSection
 from cslrobust.objectives.fn_detectors import (
-    FN_DETECTORS,
     BankFalseNegativeDetector,
     CandidateSet,
     FalseNegativeDetector,
-    FalseNegativeSection,
     FNRMode,
+    OptionalRemoval,
     build_fn_detector,
     detection_quality,
 )
@@ -452,14 +451,7 @@ class MoCoSection(ContrastiveSection):
     momentum: float = Field(default=0.99, ge=0.0, lt=1.0)
     momentum_schedule: MomentumSchedule = "constant"
     symmetric: bool = True
-    fn: SerializeAsAny[FalseNegativeSection] | None = None
-
-    @field_validator("fn", mode="before")
-    @classmethod
-    def _detector_section(cls, value: object) -> FalseNegativeSection | None:
-        if value is None:
-            return None
-        return FN_DETECTORS.parse(value, default="oracle")
+    fn: OptionalRemoval = None
 
 
 @OBJECTIVES.register("moco", MoCoSection)
