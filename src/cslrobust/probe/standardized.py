@@ -42,6 +42,10 @@ class StandardizedLinear(nn.Module):
         generator: Source of the initial weights (CPU).
     """
 
+    mean: Tensor
+    std: Tensor
+    dead: Tensor
+
     def __init__(
         self, mean: Tensor, std: Tensor, dead: Tensor, num_classes: int, generator: torch.Generator
     ) -> None:

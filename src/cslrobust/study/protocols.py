@@ -312,7 +312,11 @@ def _finetune(
         "device": cfg.device,
         "progress": progress,
     }
-    attack = {"eps": pc.eps, "step_size": pc.train_step_size, "steps": pc.train_steps}
+    attack: dict[str, Any] = {
+        "eps": pc.eps,
+        "step_size": pc.train_step_size,
+        "steps": pc.train_steps,
+    }
     train = run.splits.train
     if protocol == "alf":
         encoder = run.encoder

@@ -89,7 +89,8 @@ def fn_pairs(
     Returns:
         The pairs, in the order of ``configs``.
     """
-    with_fn, without_fn = [], []
+    with_fn: list[Any] = []
+    without_fn: list[Any] = []
     for key, config in configs.items():
         objective = config.get("objective") or {}
         if objective.get("name") not in objectives:
@@ -291,15 +292,17 @@ def plot_protocols(res: StudyResults, path: Path) -> Path | None:
             clean = res.values(method, metric(protocol, "clean_accuracy"))
             robust = res.values(method, metric(protocol, "robust_accuracy"), attack=attack, eps=eps)
             if clean and robust:
-                points.append((protocol, attack, i, method, np.mean(clean), np.mean(robust)))
+                points.append(
+                    (protocol, attack, i, method, float(np.mean(clean)), float(np.mean(robust)))
+                )
     if not points:
         return None
     fig, ax = new_figure((6.4, 4.6))
     labelled: set[str] = set()
-    for protocol, _attack, i, method, clean, robust in points:
+    for protocol, _attack, i, method, x, y in points:
         ax.scatter(
-            100 * clean,
-            100 * robust,
+            100 * x,
+            100 * y,
             marker=markers[protocol],
             color=f"C{i % 10}",
             label=method if method not in labelled else None,
@@ -307,7 +310,7 @@ def plot_protocols(res: StudyResults, path: Path) -> Path | None:
         labelled.add(method)
         ax.annotate(
             protocol.upper(),
-            (100 * clean, 100 * robust),
+            (100 * x, 100 * y),
             fontsize=7,
             xytext=(3, 3),
             textcoords="offset points",
