@@ -29,6 +29,18 @@ def standardization(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return mean, raw_std.clamp_min(DEAD_STD_FLOOR), dead
 
 
+def init_linear(dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """A linear layer initialised as the probe's: weights uniform in ``+-1/sqrt(dim)``, bias 0."""
+    layer = nn.Linear(dim, num_classes)
+    bound = 1.0 / dim**0.5
+    with torch.no_grad():
+        layer.weight.copy_(
+            torch.empty(layer.weight.shape).uniform_(-bound, bound, generator=generator)
+        )
+        layer.bias.zero_()
+    return layer
+
+
 class StandardizedLinear(nn.Module):
     """``Linear((h - mean) / std)`` with dead features set to 0; only the linear layer trains.
 
@@ -54,14 +66,7 @@ class StandardizedLinear(nn.Module):
         self.register_buffer("mean", mean.detach().clone())
         self.register_buffer("std", std.detach().clone())
         self.register_buffer("dead", dead.detach().clone().bool())
-        self.linear = nn.Linear(dim, num_classes)
-        bound = 1.0 / dim**0.5
-        with torch.no_grad():
-            weight = torch.empty(self.linear.weight.shape).uniform_(
-                -bound, bound, generator=generator
-            )
-            self.linear.weight.copy_(weight)
-            self.linear.bias.zero_()
+        self.linear = init_linear(dim, num_classes, generator)
 
     def forward(self, features: Tensor) -> Tensor:
         """Logits ``(B, K)`` of raw features ``(B, F)``."""

@@ -10,8 +10,10 @@ ACL, Jiang et al. 2020; DynACL, Luo et al. 2023), settings in the ``protocols`` 
 - ``aff`` (adversarial full finetuning): the pre-trained backbone plus a fresh linear head, finetuned
   with TRADES (:func:`~cslrobust.training.adversarial.trades_step`).
 
-ALF and AFF heads act on standardised features (:class:`~cslrobust.probe.standardized.StandardizedLinear`,
-the probe's standardisation, folded into a plain ``nn.Linear`` at the end). They keep the epoch with the
+ALF's head acts on standardised features (:class:`~cslrobust.probe.standardized.StandardizedLinear`,
+the probe's standardisation, folded into a plain ``nn.Linear`` at the end); AFF's fresh head is a plain
+``nn.Linear`` on raw features (the backbone moves, so fixed statistics would not fit). Both are
+initialised as the probe's head, from stream ``(seed, "<p>_init")``. ALF and AFF keep the epoch with the
 best robust accuracy on the validation split (PGD with the training settings, first ``val_images`` of a
 fixed validation subset); the test set is never seen before the evaluation.
 
@@ -64,7 +66,7 @@ from cslrobust.distributed import on_main
 from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.models import Classifier
 from cslrobust.probe import assert_frozen, extract_features, state_snapshot
-from cslrobust.probe.standardized import StandardizedLinear, standardization
+from cslrobust.probe.standardized import StandardizedLinear, init_linear, standardization
 from cslrobust.provenance import provenance
 from cslrobust.records import read_json_record, write_json_atomic
 from cslrobust.run_files import Float, Int, Record, Str
@@ -297,10 +299,7 @@ def _finetune(
     cfg = run.config
     pc = cfg.protocols
     section = pc.alf if protocol == "alf" else pc.aff
-    mean, std, dead = _train_features(run)
-    head = StandardizedLinear(
-        mean, std, dead, run.splits.num_classes, make_generator(cfg.seed, f"{protocol}_init")
-    ).to(cfg.device)
+    generator = make_generator(cfg.seed, f"{protocol}_init")
     common: dict[str, Any] = {
         "epochs": section.epochs,
         "lr": section.lr,
@@ -319,6 +318,9 @@ def _finetune(
     }
     train = run.splits.train
     if protocol == "alf":
+        mean, std, dead = _train_features(run)
+        head = StandardizedLinear(mean, std, dead, run.splits.num_classes, generator)
+        head = head.to(cfg.device)
         encoder = run.encoder
         reference = state_snapshot(encoder)
         with frozen_eval(encoder):  # eval mode, no gradient: only the head trains
@@ -338,8 +340,11 @@ def _finetune(
     encoder = copy.deepcopy(run.encoder)  # starts from the pre-trained weights
     encoder.requires_grad_(True)
     encoder.head.requires_grad_(False)  # the training head (projector) is not part of the model
-    model = Classifier(encoder, head)
-    parameters = [*encoder.backbone.parameters(), *head.linear.parameters()]
+    # A plain linear head on raw features: the backbone moves, so fixed standardisation statistics
+    # of the pre-trained features would amplify features that start nearly constant.
+    linear = init_linear(encoder.feature_dim, run.splits.num_classes, generator).to(cfg.device)
+    model = Classifier(encoder, linear)
+    parameters = [*encoder.backbone.parameters(), *linear.parameters()]
     aff = pc.aff
     result = adversarial_finetune(
         model,
@@ -351,8 +356,7 @@ def _finetune(
         validate=lambda: validation_robust_accuracy(cfg, model, data),
         **common,
     )
-    model.eval()
-    return Classifier(encoder, head.folded()).eval(), result
+    return model.eval(), result
 
 
 def _trained(
