@@ -20,8 +20,9 @@ from cslrobust.study.protocols import (
     train_file,
     weights_file,
 )
+from cslrobust.study.report import write_report
 from cslrobust.study.run_folder import load_probed_run, run_settings
-from cslrobust.study.runner import run_study, study_cells
+from cslrobust.study.runner import open_store, run_study, study_cells
 from cslrobust.study.spec import expand_study, load_study
 from cslrobust.study.stages import stage_keys
 from cslrobust.study.store import unpack_bits
@@ -62,11 +63,15 @@ def tiny(tmp_path_factory, synthetic_archive):
             )
         )
         spec = load_study(
-            study, ["stages=[train, probe]", "methods={simclr: {objective: {name: simclr}}}"]
+            study,
+            [
+                "stages=[train, probe, protocols]",
+                "methods={simclr: {objective: {name: simclr}}}",
+                *(f"base.{o}" for o in CHEAP),
+            ],
         )
-        run_study(spec, progress=False, echo=lambda _: None)
-        cfg = _with(study_cells(spec)[0].config, CHEAP)
-
+        cfg = study_cells(spec)[0].config
+        assert cfg.protocols == _with(cfg, CHEAP).protocols
         spy: dict = {}
         real_loop = stage.adversarial_finetune
         real_trades = stage.trades_step
@@ -93,8 +98,13 @@ def tiny(tmp_path_factory, synthetic_archive):
 
         mp.setattr(stage, "adversarial_finetune", loop)
         mp.setattr(stage, "trades_step", trades)
-        result = run_protocols(cfg.run_dir, config=cfg, progress=False)
-        yield cfg, result, spy, mp
+        run_study(spec, progress=False, echo=lambda _: None)  # the runner runs the stage
+        result = run_protocols(cfg.run_dir, config=cfg, progress=False)  # its records, read back
+        with open_store(spec) as store:
+            stored = [r for r in store.rows() if r["stage"].startswith("protocols:")]
+            report = tmp / "report"
+            write_report("tiny", study_cells(spec), store, report, sections=["protocols"])
+        yield cfg, result, spy, mp, stored
 
 
 def _pretrained_backbone(cfg):
@@ -103,8 +113,9 @@ def _pretrained_backbone(cfg):
 
 
 def test_rows_follow_the_convention_with_bits_per_image(tiny):
-    cfg, result, _, _ = tiny
+    cfg, result, _, _, stored = tiny
     rows = protocol_rows(result)
+    assert sorted(r["metric"] for r in stored) == sorted(r["metric"] for r in rows)
     n = 40
     for p in ("slf", "alf", "aff"):
         mine = [r for r in rows if r["metric"].startswith(f"protocol/{p}/")]
@@ -136,7 +147,7 @@ def test_rows_follow_the_convention_with_bits_per_image(tiny):
 
 
 def test_gates_run_per_protocol_with_the_pgd_settings(tiny):
-    _, result, _, _ = tiny
+    _, result, _, _, _ = tiny
     for p, record in result["protocols"].items():
         names = [g["name"] for g in record["gates"]]
         for prefix in (
@@ -155,7 +166,7 @@ def test_gates_run_per_protocol_with_the_pgd_settings(tiny):
 
 
 def test_alf_leaves_the_encoder_bitwise_unchanged_and_trains_the_head(tiny):
-    _, _, spy, _ = tiny
+    _, _, spy, _, _ = tiny
     before, after = spy["alf_encoder_before"], spy["alf_encoder_after"]
     assert before.keys() == after.keys() and any("running_mean" in k for k in before)
     for k in before:  # parameters and BatchNorm buffers, bit for bit
@@ -166,7 +177,7 @@ def test_alf_leaves_the_encoder_bitwise_unchanged_and_trains_the_head(tiny):
 
 
 def test_aff_starts_from_the_pretrained_backbone_and_changes_it(tiny):
-    cfg, _, spy, _ = tiny
+    cfg, _, spy, _, _ = tiny
     pretrained = _pretrained_backbone(cfg)
     first = spy["aff_first_step"]
     assert all(torch.equal(first[k], pretrained[k]) for k in pretrained)
@@ -186,7 +197,7 @@ def test_aff_starts_from_the_pretrained_backbone_and_changes_it(tiny):
 
 
 def test_selection_reads_the_validation_split_only(tiny):
-    cfg, result, _, _ = tiny
+    cfg, result, _, _, _ = tiny
     run = load_probed_run(cfg.run_dir, config=cfg, progress=False)
     data = protocol_data(run)
     tampered = dataclasses.replace(
@@ -203,7 +214,7 @@ def test_selection_reads_the_validation_split_only(tiny):
 
 
 def test_a_second_run_reuses_records_and_the_aff_weights(tiny):
-    cfg, result, _, mp = tiny
+    cfg, result, _, mp, _ = tiny
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished protocol was trained again")
@@ -232,7 +243,7 @@ def test_a_second_run_reuses_records_and_the_aff_weights(tiny):
 
 
 def test_trained_runs_accept_protocols_overrides(tiny):
-    cfg, _, _, _ = tiny
+    cfg, _, _, _, _ = tiny
     settings = run_settings(cfg.run_dir, ["protocols.aff.beta=1.0", "protocols.autoattack=null"])
     assert settings.protocols.aff.beta == 1.0 and settings.protocols.autoattack is None
     assert settings.run_id() == cfg.run_id()
@@ -268,3 +279,12 @@ def test_run_ids_and_stage_keys_of_the_presets_are_unchanged(preset):
     payload = {c.name: stage_keys(c, EARLIER_STAGES) for c in cells}
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     assert digest == PRESET_STAGE_KEYS[preset]
+
+
+def test_the_report_renders_the_stored_protocol_rows(tiny):
+    cfg, _, _, _, _ = tiny
+    md = (cfg.output_dir.parent / "report" / "report.md").read_text()
+    for title in ("SLF (standard", "ALF (adversarial linear", "AFF (adversarial full"):
+        assert title in md
+    assert "| simclr | 1 |" in md and "AutoAttack 8/255" in md
+    assert (cfg.output_dir.parent / "report" / "protocols.png").is_file()
