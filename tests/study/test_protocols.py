@@ -288,3 +288,22 @@ def test_the_report_renders_the_stored_protocol_rows(tiny):
         assert title in md
     assert "| simclr | 1 |" in md and "AutoAttack 8/255" in md
     assert (cfg.output_dir.parent / "report" / "protocols.png").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("protocols.autoattack=strong", "is not a version"),
+        ("protocols.autoattack=[apgd-xx]", "unknown AutoAttack attack"),
+        ("protocols.protocols=[slf, slf]", "repeat a name"),
+        ("protocols.large_eps_linf=4/255", "must exceed eps"),
+        ("protocols.protocols=[lf]", "protocols.protocols"),
+        ("protocols.aff.beta=-1", "protocols.aff.beta"),
+    ],
+)
+def test_protocols_settings_are_validated_in_one_line(override, message):
+    from cslrobust.config import load_run_config
+    from cslrobust.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        load_run_config(None, [override])
