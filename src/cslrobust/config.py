@@ -340,6 +340,121 @@ class GeometryConfig(Section):
     chunk_size: int = Field(default=2048, gt=0)
 
 
+class ProtocolTrainConfig(Section):
+    """Training settings of one adversarial protocol (``protocols.alf`` / ``protocols.aff``).
+
+    SGD (momentum 0.9) with a cosine schedule per step; ``augment``: random crop (pad 4) and
+    horizontal flip of the training images, drawn from the protocol's seeded streams.
+    """
+
+    epochs: int = Field(default=25, gt=0)
+    lr: float = Field(default=0.01, gt=0.0)
+    batch_size: int = Field(default=128, gt=0)
+    weight_decay: float = Field(default=2e-4, ge=0.0)
+    augment: bool = True
+
+
+class AFFConfig(ProtocolTrainConfig):
+    """Adversarial full finetuning with TRADES (``protocols.aff``): ``beta`` weighs the KL term."""
+
+    lr: float = Field(default=0.1, gt=0.0)
+    beta: float = Field(default=6.0, ge=0.0)
+
+
+ProtocolName = Literal["slf", "alf", "aff"]
+"""The evaluation protocols of adversarially pre-trained encoders (RobustSSL, Xu et al.)."""
+
+AUTOATTACK_VERSION_NAMES = ("standard", "plus")
+
+
+class ProtocolsConfig(Section):
+    """Evaluation protocols of an encoder: SLF, ALF and AFF (the study's ``protocols`` stage).
+
+    ``slf`` is the probe stage's head (clean linear finetuning, frozen encoder); ``alf`` trains a
+    linear head on PGD examples through the frozen model; ``aff`` finetunes backbone and a fresh head
+    with TRADES. ALF and AFF keep the epoch with the best validation robust accuracy (PGD with the
+    training settings on the first ``val_images`` of a fixed validation subset). Each protocol's
+    classifier is evaluated on the fixed test subset (``n_images``): clean, PGD (``eval_steps``,
+    ``eval_step_size``, random start), AutoAttack (``autoattack``: ``standard``, ``plus``, a list of
+    attacks run as AutoAttack's ``custom`` version, or null to skip), the corruptions
+    (``corruptions``: null = all 15, [] = none) and the sanity gates. Radii are L-inf fractions
+    (``"8/255"``).
+    """
+
+    protocols: tuple[ProtocolName, ...] = ("slf", "alf", "aff")
+    eps: LinfRadius = 8 / 255
+    train_steps: int = Field(default=10, ge=1)
+    train_step_size: LinfRadius = 2 / 255
+    eval_steps: int = Field(default=20, ge=1)
+    eval_step_size: LinfRadius = 2 / 255
+    autoattack: str | tuple[str, ...] | None = "standard"
+    alf: ProtocolTrainConfig = ProtocolTrainConfig()
+    aff: AFFConfig = AFFConfig()
+    val_images: int | None = Field(
+        default=1000, gt=0, description="validation images for model selection; all if null"
+    )
+    n_images: int | None = Field(default=1000, gt=0, description="fixed test subset; all if null")
+    batch_size: int = Field(default=256, gt=0, description="evaluation batch size")
+    corruptions: tuple[str, ...] | None = None  # all 15 when null, none when []
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    corruption_images: int | None = Field(default=1000, gt=0)
+    gate_images: int | None = Field(
+        default=200, gt=0, description="first images of the test subset re-attacked by the gates"
+    )
+    large_eps_linf: LinfRadius = Field(
+        default=32 / 255,
+        description="gradient-masking gate radius (robust models keep some at 16/255)",
+    )
+    convergence_restarts: int = Field(default=3, ge=2)
+
+    @field_validator("protocols")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"protocols {list(value)} repeat a name; expected each at most once")
+        return value
+
+    @field_validator("autoattack")
+    @classmethod
+    def _autoattack(cls, value: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        from cslrobust.attacks import AUTOATTACK_ATTACKS
+
+        if isinstance(value, str):
+            if value not in AUTOATTACK_VERSION_NAMES:
+                raise ValueError(
+                    f"autoattack {value!r} is not a version; expected one of "
+                    f"{list(AUTOATTACK_VERSION_NAMES)}, a list of attacks or null"
+                )
+        elif value is not None:
+            if not value:
+                raise ValueError("autoattack is an empty list; expected attacks or null to skip")
+            for name in value:
+                if name not in AUTOATTACK_ATTACKS:
+                    raise ValueError(
+                        f"unknown AutoAttack attack {name!r}; expected one of {list(AUTOATTACK_ATTACKS)}"
+                    )
+        return value
+
+    @field_validator("severities")
+    @classmethod
+    def _severity_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for s in value:
+            if not 1 <= s <= 5:
+                raise ValueError(f"severity {s} outside 1..5")
+        return value
+
+    @model_validator(mode="after")
+    def _positive_radii(self) -> ProtocolsConfig:
+        for key in ("eps", "train_step_size", "eval_step_size", "large_eps_linf"):
+            if getattr(self, key) <= 0.0:
+                raise ValueError(f"{key} must be a positive radius, e.g. '8/255'")
+        if self.large_eps_linf <= self.eps:
+            raise ValueError(
+                f"large_eps_linf must exceed eps ({self.large_eps_linf:.4g} <= {self.eps:.4g})"
+            )
+        return self
+
+
 #: Version of the saved config layout. 1 (no ``config_version`` key): L-inf radii in units of 1/255.
 CONFIG_VERSION = 2
 
@@ -363,6 +478,8 @@ class RunConfig(Section):
     geometry: GeometryConfig = GeometryConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     gates: GatesConfig = GatesConfig()
+    # Evaluation only (the protocols stage): never part of the run id or of other stages' keys.
+    protocols: ProtocolsConfig = ProtocolsConfig()
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -785,7 +902,15 @@ SAVED_CONFIG = Record(
         "config_version": Int(),
         **{
             section: Record()
-            for section in ("augment", "probe", "attack", "evaluation", "geometry", "gates")
+            for section in (
+                "augment",
+                "probe",
+                "attack",
+                "evaluation",
+                "geometry",
+                "gates",
+                "protocols",
+            )
         },
     },
 )

@@ -204,6 +204,52 @@ def hierarchical_bootstrap(
     return Estimate(float(matrix.mean()), low, high, method)
 
 
+def paired_difference(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """Accuracy of ``a`` minus accuracy of ``b``, paired by seed and image, with a bootstrap interval.
+
+    ``a[s]`` and ``b[s]`` are two models trained with the same seed ``s`` and evaluated on the same
+    N images (e.g. a method with and without false-negative removal). Each resample draws S seed
+    indices (one draw shared by both models: the pair stays together) and N images (shared by
+    every seed and both models), the hierarchical bootstrap of :func:`hierarchical_bootstrap` on
+    the pair.
+
+    Args:
+        a: Bool ``(S, N)`` correctness (``(N,)`` for one seed).
+        b: Bool ``(S, N)``, the same seeds in the same order.
+        n_resamples: Bootstrap resamples.
+        confidence: Two-sided coverage.
+        seed: Seed of the resampling.
+
+    Returns:
+        The mean difference with its percentile interval, method ``"hierarchical"`` (S >= 2) or
+        ``"bootstrap"`` (one seed).
+
+    Raises:
+        ValueError: If the shapes differ or there is no image.
+    """
+    a2 = np.atleast_2d(np.asarray(a, dtype=bool))
+    b2 = np.atleast_2d(np.asarray(b, dtype=bool))
+    if a2.shape != b2.shape or a2.shape[1] == 0:
+        raise ValueError(
+            f"expected two (S, N) arrays of one shape with N > 0, got {a2.shape}, {b2.shape}"
+        )
+    pair = np.stack([a2, b2], axis=1)  # (S, 2, N): a seed's two rows are resampled together
+    samples = [
+        float(m[0] - m[1])
+        for m in (d["pair"] for d in _resampled_means({"pair": pair}, n_resamples, seed))
+    ]
+    low, high = _percentiles(samples, confidence)
+    method = "hierarchical" if a2.shape[0] >= 2 else "bootstrap"
+    return Estimate(float(a2.mean() - b2.mean()), low, high, method)
+
+
 def gap_closed(ra_method: float, ra_csl: float, ra_sl: float) -> float:
     """Fraction of the robustness gap closed: (RA(M) - RA(CSL)) / (RA(SL) - RA(CSL)); NaN if no gap."""
     gap = ra_sl - ra_csl

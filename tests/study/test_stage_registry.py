@@ -104,7 +104,15 @@ def test_every_stage_names_report_sections_that_exist(name):
 def test_trained_runs_accept_overrides_of_the_stages_settings_only(monkeypatch):
     from cslrobust.study.stages import evaluation_sections
 
-    assert evaluation_sections() == ("device", "attack", "evaluation", "gates", "geometry", "probe")
+    assert evaluation_sections() == (
+        "device",
+        "attack",
+        "evaluation",
+        "gates",
+        "geometry",
+        "probe",
+        "protocols",
+    )
     toy = Stage(name="toy", order=99, run=lambda cfg, progress: [], settings=("toy_settings",))
     monkeypatch.setitem(STAGES._entries, "toy", toy)
     assert "toy_settings" in evaluation_sections()  # a new stage's section needs no other edit
@@ -124,9 +132,11 @@ DEFAULT_STAGE_KEYS = {
 
 
 def test_attack_precision_keys_only_the_stages_that_attack():
-    assert stage_keys(RunConfig()) == DEFAULT_STAGE_KEYS
-    assert stage_keys(RunConfig(attack={"precision": "fp32"})) == DEFAULT_STAGE_KEYS
-    bf16 = stage_keys(RunConfig(attack={"precision": "bf16"}))
+    # stages registered later (protocols) have keys of their own; these must stay as they were
+    names = list(DEFAULT_STAGE_KEYS)
+    assert stage_keys(RunConfig(), names) == DEFAULT_STAGE_KEYS
+    assert stage_keys(RunConfig(attack={"precision": "fp32"}), names) == DEFAULT_STAGE_KEYS
+    bf16 = stage_keys(RunConfig(attack={"precision": "bf16"}), names)
     changed = {name for name, key in bf16.items() if key != DEFAULT_STAGE_KEYS[name]}
     # analyze stays fp32 (its sensitivity PGD attacks features, not the probe's logits)
     assert changed == {"attack", "gates", "evaluate", "trajectory"}

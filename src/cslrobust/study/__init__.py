@@ -4,6 +4,24 @@ Importing this package registers every built-in stage in :data:`~cslrobust.study
 (one module per stage; a new stage adds its module here).
 """
 
-from cslrobust.study import analyze, attack, evaluate, gates, probe, train, trajectory
+from cslrobust.study import (
+    analyze,
+    attack,
+    evaluate,
+    gates,
+    probe,
+    protocols,
+    train,
+    trajectory,
+)
 
-__all__ = ["analyze", "attack", "evaluate", "gates", "probe", "train", "trajectory"]
+__all__ = [
+    "analyze",
+    "attack",
+    "evaluate",
+    "gates",
+    "probe",
+    "protocols",
+    "train",
+    "trajectory",
+]

@@ -28,6 +28,7 @@ BUILT_IN = [
     "attacks",
     "families",
     "frontier",
+    "protocols",
     "evaluation",
     "corruptions",
     "detector",

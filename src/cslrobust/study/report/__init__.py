@@ -3,7 +3,8 @@
 Writes into the report folder: ``report.md``, a self-contained ``report.html`` (plots embedded),
 ``results.csv`` and ``results.json`` (every row), and PNG plots. The report is a list of registered
 sections (:mod:`~cslrobust.study.report.sections`); importing this package registers the built-in ones
-(findings, clean, attacks, families, frontier, evaluation, corruptions, detector, geometry, gates).
+(findings, clean, attacks, families, frontier, protocols, evaluation, corruptions, detector, geometry,
+gates).
 """
 
 from cslrobust.study.report.budget import write_budget_report
@@ -11,6 +12,7 @@ from cslrobust.study.report.families import family_groups, family_table
 from cslrobust.study.report.findings import CLAIMS, Finding, assess_claims, register_claim
 from cslrobust.study.report.frontier import frontier_table, method_trajectory
 from cslrobust.study.report.mechanism import detector_table, geometry_table, geometry_vs_robustness
+from cslrobust.study.report.protocols import fn_pairs, protocol_table
 from cslrobust.study.report.results import (
     Note,
     StudyResults,
@@ -60,6 +62,7 @@ __all__ = [
     "evaluation_table",
     "family_groups",
     "family_table",
+    "fn_pairs",
     "frontier_table",
     "assess_claims",
     "gap_table",
@@ -69,6 +72,7 @@ __all__ = [
     "geometry_vs_robustness",
     "interval_caption",
     "matched_table",
+    "protocol_table",
     "method_trajectory",
     "register_claim",
     "register_section",

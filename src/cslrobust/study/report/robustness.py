@@ -324,7 +324,9 @@ def gate_failures(res: StudyResults) -> list[str]:
     return [
         f"{r['method']} (seed {r['seed']}): {r['metric'].removeprefix('gate/')}: {r.get('message', '')}"
         for r in res.rows
-        if r["metric"].startswith("gate/") and r["value"] is not None and r["value"] < 1
+        if (r["metric"].startswith("gate/") or "/gate/" in r["metric"])  # protocol/<p>/gate/...
+        and r["value"] is not None
+        and r["value"] < 1
     ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cslrobust.registry import Registry
 from cslrobust.study.report.results import StudyResults
@@ -42,6 +42,9 @@ class ReportContext:
         objectives: Per method, the name of its training objective (e.g. ``simclr_fnr``).
         families: Per method, its family key (a key of :data:`~cslrobust.objectives.FAMILIES`,
             from :func:`~cslrobust.objectives.family_of`); methods not in it are not grouped.
+        configs: Per cell ``(method, seed)``, its config as saved (JSON values), for sections that
+            compare cells by their settings (the protocols section pairs methods that differ only
+            by false-negative removal).
     """
 
     folder: Path
@@ -50,6 +53,7 @@ class ReportContext:
     stages: frozenset[str] = frozenset()
     objectives: Mapping[str, str] = field(default_factory=dict)
     families: Mapping[str, str] = field(default_factory=dict)
+    configs: Mapping[tuple[str, int], Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -226,6 +226,11 @@ def write_report(
         stages=frozenset(name for c in cells for name in c.stages),
         objectives={c.method: c.config.objective.name for c in cells},
         families={c.method: family_of(c.config.objective) for c in cells},
+        configs={
+            (c.method, int(c.config.seed)): c.config.model_dump(mode="json")
+            for c in cells
+            if hasattr(c.config, "model_dump")
+        },
     )
     export_rows(rows, folder)
 
