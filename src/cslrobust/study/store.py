@@ -623,9 +623,20 @@ class ResultsStore:
             return [Lease(**row._asdict()) for row in conn.execute(query)]
 
     def release_leases(
-        self, cell_id: str | None = None, stage: str | None = None, *, force: bool = False
+        self,
+        cell_id: str | None = None,
+        stage: str | None = None,
+        *,
+        force: bool = False,
+        cell_ids: Sequence[str] | None = None,
     ) -> list[Lease]:
         """Delete leases (of a cell, of one of its stages); expired ones only unless ``force``.
+
+        Args:
+            cell_id: Only this cell's leases.
+            stage: Only the leases of this stage (name or full key).
+            force: Also live leases (their holders' commits are then refused).
+            cell_ids: Only the leases of these cells.
 
         Returns:
             The leases deleted.
@@ -634,6 +645,8 @@ class ResultsStore:
         condition: sa.ColumnElement[bool] = sa.true()
         if cell_id is not None:
             condition = condition & (LEASES.c.cell_id == cell_id)
+        if cell_ids is not None:
+            condition = condition & LEASES.c.cell_id.in_(list(cell_ids))
         if stage is not None:
             condition = condition & (
                 (LEASES.c.stage_key == stage) | LEASES.c.stage_key.startswith(f"{stage}:")
