@@ -213,25 +213,34 @@ def tiny_stage_body(name: str, seconds: float):
 
 @pytest.fixture
 def tiny_stages(monkeypatch):
-    """Register the stages ``tiny_a`` and ``tiny_b`` (needs ``tiny_a``) for one test."""
+    """Register the stages ``tiny_a`` and ``tiny_b`` (needs ``tiny_a``) for one test.
+
+    Returns a function re-registering them with another stage duration (seconds).
+    """
     from cslrobust.study.stages import STAGES, Stage
 
-    for i, name in enumerate(("tiny_a", "tiny_b")):
-        stage = Stage(
-            name=name,
-            order=900 + i,
-            run=tiny_stage_body(name, 0.02),
-            needs=("tiny_a",) if name == "tiny_b" else (),
-        )
-        monkeypatch.setitem(STAGES._entries, name, stage)
-    return ("tiny_a", "tiny_b")
+    def register(seconds: float = 0.02) -> None:
+        for i, name in enumerate(("tiny_a", "tiny_b")):
+            stage = Stage(
+                name=name,
+                order=900 + i,
+                run=tiny_stage_body(name, seconds),
+                needs=("tiny_a",) if name == "tiny_b" else (),
+            )
+            monkeypatch.setitem(STAGES._entries, name, stage)
+
+    register()
+    return register
 
 
 @pytest.fixture
 def tiny_study(tmp_path: Path, tiny_stages):
     """Build a study file of ``cells`` cells (seeds) of the tiny stages; returns its path."""
 
-    def build(cells: int = 4, lease_s: float = 30.0, heartbeat_s: float = 1.0) -> Path:
+    def build(
+        cells: int = 4, lease_s: float = 30.0, heartbeat_s: float = 1.0, seconds: float = 0.02
+    ) -> Path:
+        tiny_stages(seconds)
         study = tmp_path / "tiny.yaml"
         study.write_text(
             TINY_STUDY.format(seeds=list(range(cells)), lease_s=lease_s, heartbeat_s=heartbeat_s)
