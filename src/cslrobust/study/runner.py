@@ -32,6 +32,7 @@ from cslrobust.study.store import (
     Claim,
     LeaseLost,
     ResultsStore,
+    abandoned,
     sqlite_file,
     sqlite_path,
     storage_url,
@@ -109,7 +110,15 @@ def _pick(
     store: ResultsStore, cells: list[Cell], skip: set[str], worker: str, lease_s: float
 ) -> _Pick:
     """The first (cell, stage) whose key is uncommitted, whose earlier stages are, and that we claim."""
-    committed = store.committed([c.cell_id for c in cells])
+    ids = [c.cell_id for c in cells]
+    committed = store.committed(ids)
+    # Stages held by a live lease are not tried (one read instead of a failed claim each); the
+    # claim itself decides, so a lease that changes meanwhile is handled there.
+    held = {
+        (lease.cell_id, lease.stage_key)
+        for lease in store.leases(ids)
+        if not lease.expired and not abandoned(lease)
+    }
     busy = 0
     for index, cell in enumerate(cells):
         if cell.cell_id in skip:
@@ -118,6 +127,9 @@ def _pick(
         if not pending:
             continue
         stage = pending[0]  # earlier stages of the cell are committed: its upstream is ready
+        if (cell.cell_id, cell.stages[stage]) in held:
+            busy += 1
+            continue
         claim = store.claim(cell.cell_id, cell.stages[stage], worker, lease_s)
         if claim is not None:
             return _Pick("run", index, stage, claim)

@@ -270,6 +270,11 @@ def _machine() -> str:
 _NETWORK = ("connection refused", "connection timed out", "unknown host")
 
 
+def abandoned(lease: Lease) -> bool:
+    """Whether a lease's holder is a process of this machine that no longer exists."""
+    return lease.machine == _machine() and not pid_alive(lease.pid)
+
+
 def _reason(err: BaseException) -> str:
     """One short line out of a driver's (often multi-line) connection error."""
     text = " ".join(str(getattr(err, "orig", None) or err).split())
