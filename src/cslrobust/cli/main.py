@@ -687,9 +687,9 @@ def study_status_command(
         spec = load_study_for(study, set_)
         subs = spec.budget_studies()
         if release:
-            names = [r.split(":", 1)[0] for r in release]
-            if not any(select_cells(study_cells(sub), names) for _, sub in subs):
-                raise ConfigError(f"no cell of study {spec.name!r} matches {', '.join(names)}")
+            wanted = [r.split(":", 1)[0] for r in release]
+            if not any(select_cells(study_cells(sub), wanted) for _, sub in subs):
+                raise ConfigError(f"no cell of study {spec.name!r} matches {', '.join(wanted)}")
         for budget, sub in subs:
             if budget:
                 _echo(f"budget {budget} ({sub.output_dir}):")

@@ -394,9 +394,8 @@ class ResultsStore:
     def schema_version(self) -> int:
         """The schema version of the database."""
         with self._read() as conn:
-            return int(
-                conn.execute(sa.select(sa.func.max(SCHEMA_VERSION_TABLE.c.version))).scalar()
-            )
+            found = conn.execute(sa.select(sa.func.max(SCHEMA_VERSION_TABLE.c.version)))
+            return int(found.scalar_one())
 
     def close(self) -> None:
         """Close every connection."""
@@ -796,7 +795,7 @@ class ResultsStore:
     def count_rows(self) -> int:
         """Number of result rows."""
         with self._read() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(RESULTS)).scalar())
+            return int(conn.execute(sa.select(sa.func.count()).select_from(RESULTS)).scalar_one())
 
 
 def pack_bits(mask: Any) -> str:
