@@ -679,6 +679,7 @@ def study_status_command(
     from cslrobust.errors import ConfigError
     from cslrobust.study.lock import describe_lock, lock_path
     from cslrobust.study.runner import open_store, select_cells, study_cells
+    from cslrobust.study.store import abandoned
 
     def show(epoch: float) -> str:
         return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -724,7 +725,13 @@ def study_status_command(
             names = {c.cell_id: c.config.name for c in cells}
             for lease in leases:
                 left = lease.expires_at - lease.now
-                state = "EXPIRED" if lease.expired else f"expires in {left:.0f} s"
+                state = (
+                    "EXPIRED"
+                    if lease.expired
+                    else "holder gone (its process no longer exists)"
+                    if abandoned(lease)
+                    else f"expires in {left:.0f} s"
+                )
                 _echo(
                     f"lease: {names.get(lease.cell_id, lease.cell_id[:8])} {lease.stage} by "
                     f"{lease.worker} (host {lease.host}, pid {lease.pid}) since "

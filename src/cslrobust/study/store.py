@@ -502,15 +502,20 @@ class ResultsStore:
     def cell_statuses(self, expected: dict[str, dict[str, str]]) -> list[CellStatus]:
         """Status of each cell given its expected stage keys (``{cell_id: {stage: key}}``).
 
-        A cell is done when every expected stage key is committed; a cell marked running whose process
-        is gone (same host) and that holds no live lease is reported as interrupted.
+        A cell is done when every expected stage key is committed; it is running while a worker holds a
+        live lease on one of its stages; a cell marked running whose process is gone (same host) and
+        that holds no live lease is reported as interrupted.
         """
         out = []
         host = socket.gethostname()
         with self._read() as conn:
             cells = {r.cell_id: r for r in conn.execute(sa.select(CELLS))}
         committed = self.committed(list(expected))
-        live = {lease.cell_id for lease in self.leases() if not lease.expired}
+        live = {
+            lease.cell_id
+            for lease in self.leases(list(expected))
+            if not lease.expired and not abandoned(lease)
+        }
         for cell_id, keys in expected.items():
             row = cells.get(cell_id)
             finished = tuple(stage for stage, key in keys.items() if (cell_id, key) in committed)
