@@ -1,11 +1,17 @@
-"""Run the missing stages of every cell of a study, recording results in the study's database.
+"""Run the missing stages of every cell of a study, recording results in the study's results store.
 
 A cell is one (method, seed); its id is the hash of its training config (``RunConfig.run_id``). Each
 evaluation stage has its own key, ``<stage>:<hash of the settings it depends on>``, so changing the attack
 settings re-runs only the attack stage. The stages and their keys come from the stage registry
-(:mod:`cslrobust.study.stages`); the runner has no per-stage code. A stage counts as done when its rows and marker are committed to
-the store (one transaction). Training resumes from its last epoch checkpoint, so a runner killed at any
-moment and started again finishes the study with no duplicated and no lost rows.
+(:mod:`cslrobust.study.stages`); the runner has no per-stage code. A stage counts as done when its rows
+and marker are committed to the store (one transaction).
+
+Every executor runs the same loop, :func:`work_study`: a worker claims a (cell, stage) with a lease in
+the store, runs it while a thread renews the lease, and commits under the lease (fencing). Any number of
+workers may share a study; a worker killed at any moment loses its lease (expiry by the database's clock,
+or at once when its process is known dead), and another takes the stage over, training resuming from
+its last epoch checkpoint, so the study finishes with no duplicated and no lost rows. :func:`run_study`
+(``study run``, executor local) is that loop with one worker under the output folder's study lock.
 """
 
 from __future__ import annotations
