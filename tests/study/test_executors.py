@@ -253,3 +253,21 @@ def test_a_two_process_cell_runs_under_torchrun_with_gloo(small_study: Path):
     run_cell_task(task)
     with open_store(spec) as store:
         assert store.completed_stages(task.cell_id) == set(study_cells(spec)[0].stages.values())
+
+
+def test_a_missing_cluster_extra_and_an_unknown_executor_are_one_line(
+    small_study: Path, monkeypatch
+):
+    from tests.conftest import one_line_error
+
+    line = one_line_error(["study", "run", str(small_study), "--executor", "kubernetes"])
+    assert line == "error: unknown executor 'kubernetes'; expected local, ray or slurm"
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    for executor in ("ray", "slurm"):
+        line = one_line_error(
+            ["study", "run", str(small_study), "--executor", executor, "--set", SMALL[0]]
+        )
+        assert line == (
+            f"error: executor {executor!r} needs the cluster extra: pip install 'cslrobust[cluster]'"
+        )

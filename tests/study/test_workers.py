@@ -102,3 +102,29 @@ def test_a_worker_killed_mid_stage_loses_its_lease_and_another_finishes(
     if other:  # only the expiry (judged by the database clock) freed it
         assert stuck.stat().st_mtime - killed_at > 1.0
     _check_complete(study, store_url, cells)
+
+
+def test_heartbeats_keep_a_stage_longer_than_its_lease(tiny_study, store_url: str, tmp_path: Path):
+    """Stages of 1.5 s under leases of 0.6 s: renewed in time, never taken over."""
+    study = tiny_study(cells=2, lease_s=0.6, heartbeat_s=0.15, seconds=1.5)
+    procs = [_start(study, store_url, tmp_path / f"w{i}.log", f"machine-{i}/1") for i in range(2)]
+    for proc in procs:
+        proc.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert all(len(pids) == 1 for pids in _attempts(study).values())
+    assert not any("took over" in (tmp_path / f"w{i}.log").read_text() for i in range(2))
+    _check_complete(study, store_url, 2)
+
+
+def test_study_run_is_the_same_loop_with_one_worker(tiny_study, store_url: str):
+    from cslrobust.study.runner import run_study
+
+    study = tiny_study(cells=2)
+    spec = load_study(study)
+    messages: list[str] = []
+    run_study(spec, progress=False, echo=messages.append, storage=store_url)
+    assert sum(m.endswith(("tiny_a ...", "tiny_b ...")) for m in messages) == 4
+    messages.clear()
+    run_study(spec, progress=False, echo=messages.append, storage=store_url)
+    assert sum("done, skipped" in m for m in messages) == 2 and len(messages) == 2
+    _check_complete(study, store_url, 2)
