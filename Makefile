@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch==2.13.0 first: on our machines it is a local CPU build (a bare 'torch' would pull CUDA wheels).
 	$(BIN)/python -m pip install -q "torch==2.13.0" || $(BIN)/python -m pip install -q "torch>=2.4"
-	$(BIN)/python -m pip install -q -e ".[dev,tensorboard]"
+	$(BIN)/python -m pip install -q -e ".[dev,tensorboard,cluster]"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -62,3 +62,189 @@ def synthetic_study(tmp_path: Path):
 def synthetic_archive(tmp_path_factory) -> Path:
     """The archive of :func:`make_archive`, written once per session (for module-scoped runs)."""
     return make_archive(tmp_path_factory.mktemp("synthetic") / "data.tar.gz")
+
+
+# --- results-store backends (SQLite and a real PostgreSQL server) -------------------------------
+
+POSTGRES_ENV = "CSLROBUST_TEST_POSTGRES_URL"
+
+
+def _postgres_binary(name: str) -> str | None:
+    import glob
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL URL whose role may create databases.
+
+    ``$CSLROBUST_TEST_POSTGRES_URL`` (CI starts the Debian package's server and sets it); otherwise a
+    throwaway server from ``initdb`` + ``pg_ctl`` (run as an unprivileged user when we are root);
+    otherwise the PostgreSQL tests skip.
+    """
+    import os
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        yield url
+        return
+    initdb, pg_ctl = _postgres_binary("initdb"), _postgres_binary("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip(f"no PostgreSQL: set {POSTGRES_ENV} or install initdb/pg_ctl")
+    prefix: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="cslrobust-pg-"))
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        user = next((u for u in ("postgres", "pgtest", "nobody") if _user_exists(u)), None)
+        runuser = shutil.which("runuser")
+        if user is None or runuser is None:
+            pytest.skip("no PostgreSQL: running as root without an unprivileged user to run it")
+        folder.chmod(0o755)
+        entry = pwd.getpwnam(user)
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+        prefix = [runuser, "-u", user, "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+    subprocess.run(
+        [*prefix, initdb, "-D", str(data), "-U", "cslr", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield f"postgresql://cslr@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], check=False)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str):
+    """A fresh, empty database on the test server (dropped afterwards)."""
+    import secrets
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    server = make_url(postgres_server)
+    name = f"cslrobust_{secrets.token_hex(6)}"
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path) -> str:
+    """A results store URL of each backend (an absolute SQLite file; a fresh PostgreSQL database)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db' / 'results.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+# --- a study of cheap stages, for the lease/worker tests ----------------------------------------
+
+TINY_STUDY = """
+name: tiny
+output_dir: out
+seeds: {seeds}
+stages: [tiny_a, tiny_b]
+methods:
+  simclr: {{objective: {{name: simclr}}}}
+cluster: {{lease_s: {lease_s}, heartbeat_s: {heartbeat_s}, poll_s: 0.1}}
+"""
+ROWS_PER_STAGE = 3
+
+
+def tiny_stage_body(name: str, seconds: float):
+    """A stage that appends its pid to ``<output_dir>/attempts/<run id>-<name>`` and returns 3 rows.
+
+    While ``<output_dir>/hold-<name>`` exists the stage waits (a test kills its worker meanwhile).
+    """
+    import os
+    import time
+
+    def run(cfg, progress: bool):
+        del progress
+        out = Path(cfg.output_dir)
+        folder = out / "attempts"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{cfg.run_id()}-{name}", "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        while (out / f"hold-{name}").exists():
+            time.sleep(0.05)
+        time.sleep(seconds)
+        return [
+            {"metric": f"{name}/value", "value": float(cfg.seed) + i, "epoch": i}
+            for i in range(ROWS_PER_STAGE)
+        ]
+
+    return run
+
+
+@pytest.fixture
+def tiny_stages(monkeypatch):
+    """Register the stages ``tiny_a`` and ``tiny_b`` (needs ``tiny_a``) for one test.
+
+    Returns a function re-registering them with another stage duration (seconds).
+    """
+    from cslrobust.study.stages import STAGES, Stage
+
+    def register(seconds: float = 0.02) -> None:
+        for i, name in enumerate(("tiny_a", "tiny_b")):
+            stage = Stage(
+                name=name,
+                order=900 + i,
+                run=tiny_stage_body(name, seconds),
+                needs=("tiny_a",) if name == "tiny_b" else (),
+            )
+            monkeypatch.setitem(STAGES._entries, name, stage)
+
+    register()
+    return register
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path, tiny_stages):
+    """Build a study file of ``cells`` cells (seeds) of the tiny stages; returns its path."""
+
+    def build(
+        cells: int = 4, lease_s: float = 30.0, heartbeat_s: float = 1.0, seconds: float = 0.02
+    ) -> Path:
+        tiny_stages(seconds)
+        study = tmp_path / "tiny.yaml"
+        study.write_text(
+            TINY_STUDY.format(seeds=list(range(cells)), lease_s=lease_s, heartbeat_s=heartbeat_s)
+        )
+        return study
+
+    return build

@@ -442,12 +442,24 @@ def audit_command(
     _guard(call)
 
 
-def _study_report(spec: StudySpec, cells: list[Cell] | None, wall: float | None) -> None:
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Results store URL overriding the study's storage: sqlite:///path or "
+        "postgresql://user:password@host:port/database.",
+    ),
+]
+
+
+def _study_report(
+    spec: StudySpec, cells: list[Cell] | None, wall: float | None, storage: str | None = None
+) -> None:
     """Write one study's report from its database and echo its summary."""
     from cslrobust.study.report import write_report
     from cslrobust.study.runner import open_store, study_cells
 
-    with open_store(spec) as store:
+    with open_store(spec, storage) as store:
         text, report = write_report(
             f"Study {spec.name}",
             cells if cells is not None else study_cells(spec),
@@ -484,73 +496,248 @@ def study_run_command(
             help="If another runner uses the output folder, wait for it instead of refusing.",
         ),
     ] = False,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="Where the cells run: local (this process), ray (one Ray task per cell) or "
+            "slurm (one job-array task per cell, through submitit).",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            help="Ray cluster to use (default: $RAY_ADDRESS, else a local Ray).",
+        ),
+    ] = None,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            "--detach",
+            help="slurm: submit the cells and return without waiting (run `study report` later).",
+        ),
+    ] = False,
+    storage: StorageOption = None,
 ) -> None:
     """Run every missing stage of every (method, seed) cell, then write the report."""
     from cslrobust.distributed import is_main
+    from cslrobust.errors import ConfigError
     from cslrobust.study.runner import run_study
     from cslrobust.study.spec import load_study
 
     def call() -> None:
+        if executor not in ("local", "ray", "slurm"):
+            raise ConfigError(f"unknown executor {executor!r}; expected local, ray or slurm")
         spec = load_study(study, set_ or [])
+        if executor != "local":
+            _run_on_cluster(study, set_ or [], spec, executor, ray_address, detach, storage)
+            return
         for _, sub in spec.budget_studies():
             tic = time.perf_counter()
             _echo(
                 f"study {sub.name}: {len(sub.methods)} methods x {len(sub.seeds)} seeds -> {sub.output_dir}"
             )
-            cells = run_study(sub, progress=progress, echo=typer.echo, wait=wait)
+            cells = run_study(sub, progress=progress, echo=typer.echo, wait=wait, storage=storage)
             if is_main():  # under torchrun rank 0 writes the report
-                _study_report(sub, cells, time.perf_counter() - tic)
+                _study_report(sub, cells, time.perf_counter() - tic, storage)
         if is_main():
             _budget_report(spec)
 
     _guard(call)
 
 
+def _run_on_cluster(
+    study: Path,
+    overrides: list[str],
+    spec: StudySpec,
+    executor: str,
+    ray_address: str | None,
+    detach: bool,
+    storage: str | None,
+) -> None:
+    """``study run --executor ray|slurm``: one task per cell not done, then the report."""
+    from cslrobust.study.executors import pending_tasks, run_ray, run_slurm
+    from cslrobust.study.runner import check_locations
+
+    tic = time.perf_counter()
+    for _, sub in spec.budget_studies():
+        check_locations(sub, storage)
+    tasks = pending_tasks(study, overrides, spec, storage)
+    _echo(f"study {spec.name}: {len(tasks)} cell(s) to run on {executor}")
+    if tasks and executor == "ray":
+        run_ray(tasks, spec, address=ray_address, echo=typer.echo)
+    elif tasks:
+        run_slurm(tasks, spec, wait=not detach, echo=typer.echo)
+        if detach:
+            _echo(
+                "submitted; `cslrobust study status` follows them, `study report` writes the report"
+            )
+            return
+    for _, sub in spec.budget_studies():
+        _study_report(sub, None, time.perf_counter() - tic, storage)
+    _budget_report(spec)
+
+
+@study_app.command("work")
+def study_work_command(
+    study: Annotated[Path, typer.Argument(help="Study YAML file.")],
+    set_: SetOption = None,
+    progress: ProgressOption = True,
+    storage: StorageOption = None,
+    cell: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cell",
+            help="Work on this cell only (cell id, its first 8+ hex digits, or its run name; "
+            "repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """A worker: claim, run and commit stages of the study until none is left (start it N times).
+
+    Workers coordinate through leases in the results store (no study lock), so any number of them
+    may run on any machines that share the store; one killed is replaced by another after its
+    lease expires. Writes no report (see `study report`).
+    """
+    from cslrobust.distributed import is_main
+    from cslrobust.errors import ConfigError
+    from cslrobust.study.runner import check_locations, select_cells, study_cells, work_study
+
+    def call() -> None:
+        spec = load_study_for(study, set_)
+        subs = [sub for _, sub in spec.budget_studies()]
+        if cell and not any(select_cells(study_cells(sub), cell) for sub in subs):
+            raise ConfigError(f"no cell of study {spec.name!r} matches {', '.join(cell)}")
+        for sub in subs:
+            if cell and not select_cells(study_cells(sub), cell):
+                continue
+            if is_main():
+                check_locations(sub, storage)
+            work_study(sub, only=cell, progress=progress, echo=typer.echo, storage=storage)
+        _echo(f"worker finished: nothing left to claim in study {spec.name}")
+
+    _guard(call)
+
+
+def load_study_for(study: Path, set_: list[str] | None) -> StudySpec:
+    """The study file with its ``--set`` overrides."""
+    from cslrobust.study.spec import load_study
+
+    return load_study(study, set_ or [])
+
+
 @study_app.command("report")
 def study_report_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file.")],
     set_: SetOption = None,
+    storage: StorageOption = None,
 ) -> None:
     """Rewrite the report from the results database (runs no model)."""
-    from cslrobust.study.spec import load_study
 
     def call() -> None:
-        spec = load_study(study, set_ or [])
+        spec = load_study_for(study, set_)
         for _, sub in spec.budget_studies():
-            _study_report(sub, None, None)
+            _study_report(sub, None, None, storage)
         _budget_report(spec)
 
     _guard(call)
+
+
+def _ago(seconds: float) -> str:
+    return f"{seconds:.0f} s ago"
 
 
 @study_app.command("status")
 def study_status_command(
     study: Annotated[Path, typer.Argument(help="Study YAML file.")],
     set_: SetOption = None,
+    storage: StorageOption = None,
+    release: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--release",
+            help="Release the expired leases of CELL or CELL:STAGE (cell id, 8+ hex digits or run "
+            "name; repeatable); with --force also live ones.",
+        ),
+    ] = None,
+    release_stale: Annotated[
+        bool, typer.Option("--release-stale", help="Release every expired lease.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="With --release: also release live leases (their workers' results are then "
+            "refused at commit).",
+        ),
+    ] = False,
 ) -> None:
-    """List every cell as done / running / interrupted / failed / pending, and the lock holder."""
+    """List every cell as done / running / interrupted / failed / pending, the leases and the lock."""
+    import datetime as dt
+
+    from cslrobust.errors import ConfigError
     from cslrobust.study.lock import describe_lock, lock_path
-    from cslrobust.study.runner import open_store, study_cells
-    from cslrobust.study.spec import load_study
+    from cslrobust.study.runner import open_store, select_cells, study_cells
+    from cslrobust.study.store import abandoned
+
+    def show(epoch: float) -> str:
+        return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     def call() -> None:
-        spec = load_study(study, set_ or [])
-        for budget, sub in spec.budget_studies():
+        spec = load_study_for(study, set_)
+        subs = spec.budget_studies()
+        if release:
+            wanted = [r.split(":", 1)[0] for r in release]
+            if not any(select_cells(study_cells(sub), wanted) for _, sub in subs):
+                raise ConfigError(f"no cell of study {spec.name!r} matches {', '.join(wanted)}")
+        for budget, sub in subs:
             if budget:
                 _echo(f"budget {budget} ({sub.output_dir}):")
             cells = study_cells(sub)
-            with open_store(sub) as store:
+            with open_store(sub, storage) as store:
+                released = []
+                if release_stale:
+                    released += store.release_leases(cell_ids=[c.cell_id for c in cells])
+                for item in release or []:
+                    name, _, stage = item.partition(":")
+                    for chosen in select_cells(cells, [name]):
+                        released += store.release_leases(chosen.cell_id, stage or None, force=force)
+                for lease in released:
+                    _echo(
+                        f"released the lease on {lease.stage} of cell {lease.cell_id[:8]} "
+                        f"held by {lease.worker} on {lease.host}"
+                    )
+                if (release or release_stale) and not released:
+                    _echo("no lease released (live leases need --force)")
                 statuses = store.cell_statuses({c.cell_id: c.stages for c in cells})
+                leases = store.leases([c.cell_id for c in cells])
             counts: dict[str, int] = {}
-            for cell, status in zip(cells, statuses, strict=True):
+            for chosen, status in zip(cells, statuses, strict=True):
                 counts[status.state] = counts.get(status.state, 0) + 1
                 detail = f"stages done: {','.join(status.stages_done) or '-'}"
                 if status.state in ("running", "interrupted", "failed") and status.stage:
                     detail += f"; {status.state} in {status.stage}"
                 if status.state == "failed" and status.error:
                     detail += f"; error: {status.error}"
-                _echo(f"{status.state:>11}  {cell.config.name:<40} {detail}")
+                _echo(f"{status.state:>11}  {chosen.config.name:<40} {detail}")
             _echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+            names = {c.cell_id: c.config.name for c in cells}
+            for lease in leases:
+                left = lease.expires_at - lease.now
+                state = (
+                    "EXPIRED"
+                    if lease.expired
+                    else "holder gone (its process no longer exists)"
+                    if abandoned(lease)
+                    else f"expires in {left:.0f} s"
+                )
+                _echo(
+                    f"lease: {names.get(lease.cell_id, lease.cell_id[:8])} {lease.stage} by "
+                    f"{lease.worker} (host {lease.host}, pid {lease.pid}) since "
+                    f"{show(lease.acquired_at)}, last heartbeat "
+                    f"{_ago(lease.now - lease.heartbeat_at)}; {state}"
+                )
             if (lock := describe_lock(lock_path(sub.output_dir))) is not None:
                 _echo(lock)
 

@@ -43,6 +43,47 @@ from cslrobust.config import (
 from cslrobust.errors import ConfigError
 
 
+class SlurmSettings(BaseModel):
+    """How ``study run --executor slurm`` submits the cells (one job-array task per cell)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_limit_min: int = Field(default=24 * 60, gt=0)  # per task (one cell)
+    max_concurrent: int = Field(default=16, gt=0)  # tasks of the array running at once
+    mem_gb: float | None = Field(default=None, gt=0)
+    log_dir: Path | None = None  # submitit's folder; default <output_dir>/slurm
+
+
+class ClusterSettings(BaseModel):
+    """Per-cell resources and lease timing of the cluster executors and ``study work``.
+
+    None of it enters a cell's id or stage keys: the same study runs anywhere and shares its cells.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpus_per_cell: int = Field(default=0, ge=0)
+    cpus_per_cell: int = Field(default=1, ge=1)
+    # > 1: the cell's task runs ``torchrun --nproc_per_node=P -m cslrobust study work ... --cell ID``.
+    processes_per_cell: int = Field(default=1, ge=1)
+    lease_s: float = Field(default=120.0, gt=0)  # a lease not renewed for this long expires
+    heartbeat_s: float = Field(default=30.0, gt=0)  # renewal period of a held lease
+    poll_s: float = Field(default=10.0, gt=0)  # how often a worker waiting on others' leases looks
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> ClusterSettings:
+        if self.heartbeat_s > self.lease_s / 2:
+            raise ValueError(
+                f"cluster.heartbeat_s {self.heartbeat_s:g} must be at most half of cluster.lease_s "
+                f"{self.lease_s:g} (a lease must survive a late heartbeat)"
+            )
+        return self
+
+
 class StudySpec(BaseModel):
     """A validated study file."""
 
@@ -53,7 +94,9 @@ class StudySpec(BaseModel):
     # Where report.md/.html, results.csv/.json and plots go (default: output_dir). Studies that share
     # an output_dir (to reuse its cells) set their own, so one report does not overwrite another.
     report_dir: Path | None = None
-    storage: str | None = None  # results database URL; default sqlite:///<output_dir>/results.db
+    # Results store URL: sqlite:///path (relative to output_dir) or postgresql://user:pw@host/db;
+    # default sqlite:///<output_dir>/results.db.
+    storage: str | None = None
     seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
     # Names in the stage registry; "evaluate" adds the full evaluation suite (base.evaluation).
     # "gates" checks every reported robust accuracy; leaving it out is reported as "gates not run".
@@ -73,6 +116,8 @@ class StudySpec(BaseModel):
     # a study of its own under output_dir/<name> (cells, database, lock, report), and the budget
     # report at the top compares the gap SL - CSL across them. Empty: one study, as written.
     budgets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Executors (ray, slurm, study work): per-cell resources, Slurm settings, lease timing.
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     def budget_studies(self) -> list[tuple[str, StudySpec]]:
         """``(budget name, study)`` per budget, in file order; ``[("", self)]`` without budgets.
