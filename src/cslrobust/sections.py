@@ -21,6 +21,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 __all__ = [
     "AugmentSection",
     "HeadKind",
+    "Layout",
     "ObjectiveSection",
     "OptimizerSection",
     "Section",
@@ -31,6 +32,11 @@ __all__ = [
 HeadKind = Literal["projector", "classifier", "none"]
 """The head an objective trains on: an MLP projector (contrastive) or a linear classifier; ``"none"``
 for an encoder trained elsewhere (``cslrobust audit``), which has no training head of ours."""
+
+
+Layout = Literal["image", "clip"]
+"""Sample layout: ``"image"`` samples are ``(C, H, W)`` (batches ``(B, C, H, W)``), ``"clip"`` samples
+``(C, T, H, W)`` (batches ``(B, C, T, H, W)``); see :mod:`cslrobust.layouts`."""
 
 
 class Section(BaseModel):
@@ -65,9 +71,14 @@ class ObjectiveSection(Section):
 
 
 class AugmentSection(Section):
-    """Base of the ``augment`` sections; ``kind`` is the view preset's registry key."""
+    """Base of the ``augment`` sections; ``kind`` is the view preset's registry key.
+
+    Attributes:
+        layouts: The sample layouts the preset takes (``("image",)`` unless a preset says otherwise).
+    """
 
     kind: str
+    layouts: ClassVar[tuple[Layout, ...]] = ("image",)
 
 
 class OptimizerSection(Section):

@@ -22,14 +22,18 @@ from cslrobust.data.image_folder import load_image_folder
 from cslrobust.data.raw import RawDataset
 from cslrobust.data.splits import stratified_subset, train_val_split
 from cslrobust.data.stats import channel_mean_std
-from cslrobust.data.tensor_data import Batch, TensorImageDataset
+from cslrobust.data.tensor_data import Batch, TensorClipDataset, TensorImageDataset
 from cslrobust.errors import ConfigError, DataError
+from cslrobust.layouts import LAYOUTS, Layout
 
 __all__ = [
     "DATASET_NAMES",
     "Batch",
     "DataSplits",
+    "LAYOUTS",
+    "Layout",
     "RawDataset",
+    "TensorClipDataset",
     "TensorImageDataset",
     "build_datasets",
     "channel_mean_std",
@@ -60,6 +64,8 @@ class DataSplits:
         classes: Class names; ``classes[k]`` names label ``k``.
         mean: Per-channel pixel mean of ``train`` in ``[0, 1]`` units (for ``Normalize``).
         std: Per-channel pixel standard deviation of ``train`` in ``[0, 1]`` units.
+
+    The splits' :attr:`layout` (images or clips) is what augmentations and backbones must support.
     """
 
     train: TensorImageDataset
@@ -73,6 +79,11 @@ class DataSplits:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
+
+    @property
+    def layout(self) -> Layout:
+        """The sample layout of the three splits (``"image"`` or ``"clip"``)."""
+        return self.train.layout
 
 
 def default_data_root() -> Path:
