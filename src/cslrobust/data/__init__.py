@@ -22,6 +22,12 @@ from cslrobust.data.image_folder import load_image_folder
 from cslrobust.data.raw import RawDataset
 from cslrobust.data.splits import stratified_subset, train_val_split
 from cslrobust.data.stats import channel_mean_std
+from cslrobust.data.synthetic_clips import (
+    MOTIONS,
+    SyntheticClips,
+    build_synthetic_clip_datasets,
+    make_synthetic_clips,
+)
 from cslrobust.data.tensor_data import Batch, TensorClipDataset, TensorImageDataset
 from cslrobust.errors import ConfigError, DataError
 from cslrobust.layouts import LAYOUTS, Layout
@@ -31,16 +37,20 @@ __all__ = [
     "Batch",
     "DataSplits",
     "LAYOUTS",
+    "MOTIONS",
+    "SyntheticClips",
     "Layout",
     "RawDataset",
     "TensorClipDataset",
     "TensorImageDataset",
     "build_datasets",
+    "build_synthetic_clip_datasets",
     "channel_mean_std",
     "default_data_root",
     "download",
     "load_cifar",
     "load_image_folder",
+    "make_synthetic_clips",
     "md5_file",
     "safe_extract_tar",
     "sha256_file",
