@@ -58,7 +58,7 @@ __all__ = [
     "synthetic_clip_splits",
 ]
 
-MOTIONS = ("pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out")
+MOTIONS: tuple[str, ...] = ("pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out")
 """Camera motions; in the ``"motion_only"`` variant ``MOTIONS[k]`` names class ``k``."""
 
 ClipVariant = Literal["camera", "motion_only"]
