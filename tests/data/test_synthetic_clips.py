@@ -125,3 +125,19 @@ def test_clip_data_splits_from_an_image_set() -> None:
     frames = splits.train.images.transpose(1, 2).flatten(0, 1).double() / 255  # (N*T, 3, H, W)
     expected = frames.mean(dim=(0, 2, 3))
     torch.testing.assert_close(torch.tensor(splits.mean, dtype=torch.float64), expected)
+
+
+@pytest.mark.slow
+def test_clips_from_the_real_cifar10_images(cifar10_jpeg, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # cifar10_jpeg (tests/conftest.py): ../shared/data/cifar10-jpeg.tar.gz, skipped when absent.
+    from cslrobust.data import build_synthetic_clip_datasets, load_image_folder
+
+    raw = load_image_folder(cifar10_jpeg, tmp_path / "cache", progress=False)
+    for variant, classes in (("camera", raw.classes), ("motion_only", MOTIONS)):
+        splits = build_synthetic_clip_datasets(
+            raw, variant=variant, frames=8, train_per_class=4, val_per_class=1, seed=0
+        )
+        assert splits.classes == classes and splits.layout == "clip"
+        assert len(splits.train) == 40 and len(splits.val) == 10 and len(splits.test) == 10_000
+        assert splits.train.images.shape[1:] == (3, 8, 32, 32)
+        assert 0.3 < min(splits.mean) and max(splits.mean) < 0.6  # real photographs
