@@ -302,7 +302,7 @@ def test_the_identity_has_the_legacy_flat_shape() -> None:
         (
             ["augment.kind=autoaugment"],
             "invalid config: augment.kind='autoaugment': unknown augmentation 'autoaugment'; "
-            "expected one of ['crop_flip', 'none', 'simclr', 'simclr_fast']",
+            "expected one of ['crop_flip', 'none', 'simclr', 'simclr_clip', 'simclr_fast']",
         ),
     ],
 )
@@ -485,9 +485,10 @@ def test_every_registered_section_builds_its_component_from_a_config(
         assert type(cfg.augment) is AUGMENTATIONS.get(name).section
         views = build_augment(cfg.augment)
         assert isinstance(views, ViewAugment)
-        images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+        sample = (3, 8, 8) if "image" in type(cfg.augment).layouts else (3, 4, 8, 8)
+        images = torch.rand(2, *sample, generator=torch.Generator().manual_seed(0))
         out = views(images, 3)
-        assert out.shape == (6, 3, 8, 8) and 0.0 <= out.min() and out.max() <= 1.0
+        assert out.shape == (6, *sample) and 0.0 <= out.min() and out.max() <= 1.0
 
 
 def test_default_sections() -> None:

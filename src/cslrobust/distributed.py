@@ -11,7 +11,7 @@ the same thing as one process on the global batch:
 - :func:`gather_with_grad` concatenates a tensor across ranks; its backward sums the incoming gradients
   over ranks (every rank computes the same global loss, so each rank's gradient of its own rows is
   ``world_size`` times the gradient of the global loss, which DDP's gradient averaging cancels);
-- :class:`GlobalBatchNorm2d` normalises with the statistics of the global batch (SimCLR's "global BN"),
+- :class:`GlobalBatchNorm2d` (and ``1d``, ``3d``) normalises with the statistics of the global batch (SimCLR's "global BN"),
   on any device and backend (torch's ``SyncBatchNorm`` refuses CPU tensors), with gradients flowing
   through the statistics to every rank.
 
@@ -42,6 +42,7 @@ __all__ = [
     "DistContext",
     "GlobalBatchNorm1d",
     "GlobalBatchNorm2d",
+    "GlobalBatchNorm3d",
     "barrier",
     "broadcast_object",
     "context",
@@ -526,14 +527,19 @@ class GlobalBatchNorm2d(_GlobalBatchNorm, nn.BatchNorm2d):
     """``nn.BatchNorm2d`` over the global batch of all ranks (see :class:`_GlobalBatchNorm`)."""
 
 
+class GlobalBatchNorm3d(_GlobalBatchNorm, nn.BatchNorm3d):
+    """``nn.BatchNorm3d`` over the global batch of all ranks (clip backbones; see :class:`_GlobalBatchNorm`)."""
+
+
 _GLOBAL_OF: dict[type[nn.Module], type[_GlobalBatchNorm]] = {
     nn.BatchNorm1d: GlobalBatchNorm1d,
     nn.BatchNorm2d: GlobalBatchNorm2d,
+    nn.BatchNorm3d: GlobalBatchNorm3d,
 }
 
 
 def convert_global_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.BatchNorm1d``/``2d`` in ``module`` by its global version, in place.
+    """Replace every ``nn.BatchNorm1d``/``2d``/``3d`` in ``module`` by its global version, in place.
 
     Parameters and buffers are kept (the same tensors), so the state dict is unchanged.
 

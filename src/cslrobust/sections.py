@@ -24,6 +24,7 @@ __all__ = [
     "AugmentSection",
     "LinfRadius",
     "HeadKind",
+    "Layout",
     "ObjectiveSection",
     "OptimizerSection",
     "Section",
@@ -94,6 +95,11 @@ HeadKind = Literal["projector", "classifier", "none"]
 for an encoder trained elsewhere (``cslrobust audit``), which has no training head of ours."""
 
 
+Layout = Literal["image", "clip"]
+"""Sample layout: ``"image"`` samples are ``(C, H, W)`` (batches ``(B, C, H, W)``), ``"clip"`` samples
+``(C, T, H, W)`` (batches ``(B, C, T, H, W)``); see :mod:`cslrobust.layouts`."""
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are immutable.
 
@@ -126,9 +132,14 @@ class ObjectiveSection(Section):
 
 
 class AugmentSection(Section):
-    """Base of the ``augment`` sections; ``kind`` is the view preset's registry key."""
+    """Base of the ``augment`` sections; ``kind`` is the view preset's registry key.
+
+    Attributes:
+        layouts: The sample layouts the preset takes (``("image",)`` unless a preset says otherwise).
+    """
 
     kind: str
+    layouts: ClassVar[tuple[Layout, ...]] = ("image",)
 
 
 class OptimizerSection(Section):

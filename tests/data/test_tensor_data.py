@@ -114,3 +114,20 @@ def test_empty_dataset_yields_nothing() -> None:
     assert len(data) == 0
     assert list(data.batches(4, shuffle=False, drop_last=False)) == []
     assert data.num_batches(4, drop_last=False) == 0
+
+
+def test_layouts_of_the_tensor_data_sets() -> None:
+    from cslrobust.data import TensorClipDataset
+
+    labels = torch.arange(4)
+    images = TensorImageDataset(torch.zeros(4, 3, 5, 5, dtype=torch.uint8), labels)
+    assert images.layout == "image"
+    clips = TensorClipDataset(torch.full((4, 3, 2, 5, 5), 255, dtype=torch.uint8), labels)
+    assert clips.layout == "clip"
+    batch = next(clips.batches(3, shuffle=False, drop_last=False))
+    assert batch.images.shape == (3, 3, 2, 5, 5) and batch.images.dtype == torch.float32
+    assert torch.equal(batch.images, torch.ones(3, 3, 2, 5, 5))
+    with pytest.raises(ValueError, match=r"\(N, 3, T, H, W\)"):
+        TensorClipDataset(torch.zeros(4, 3, 5, 5, dtype=torch.uint8), labels)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        TensorImageDataset(torch.zeros(4, 3, 2, 5, 5, dtype=torch.uint8), labels)

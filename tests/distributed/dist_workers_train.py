@@ -71,11 +71,11 @@ def fixed_views(images: torch.Tensor, n_views: int) -> torch.Tensor:
     return torch.cat([(view * (1 - 0.1 * v)).clamp(0, 1) for v, view in enumerate(views)])
 
 
-def encoder(head_kind: str = "projector", seed: int = 0) -> torch.nn.Module:
-    """A small CIFAR ResNet-18 with BatchNorm everywhere (width 8, no channels_last)."""
+def encoder(head_kind: str = "projector", seed: int = 0, arch: str = "resnet18") -> torch.nn.Module:
+    """A small CIFAR ResNet-18 (or clip backbone) with BatchNorm everywhere (width 8, no channels_last)."""
     torch.manual_seed(seed)
     return build_encoder(
-        "resnet18",
+        arch,
         width=8,
         head_kind=head_kind,
         num_classes=N_CLASSES,
@@ -87,10 +87,12 @@ def encoder(head_kind: str = "projector", seed: int = 0) -> torch.nn.Module:
     )
 
 
-def global_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images in [0,1], labels (with repeats, so supcon and the oracle have work) and instance ids."""
+def global_batch(clips: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images (or 4-frame clips) in [0,1], labels (with repeats, so supcon and the oracle have work)
+    and instance ids."""
     g = torch.Generator().manual_seed(1)
-    images = torch.rand(GLOBAL_BATCH, 3, 16, 16, generator=g)
+    sample = (3, 4, 16, 16) if clips else (3, 16, 16)
+    images = torch.rand(GLOBAL_BATCH, *sample, generator=g)
     labels = torch.tensor([0, 1, 2, 0, 1, 1, 2, 0])
     index = torch.arange(GLOBAL_BATCH) + 100
     return images, labels, index
@@ -101,25 +103,27 @@ class _Batch:
         self.index, self.images, self.labels = index, images, labels
 
 
-def _method(objective_name: str):
+def _method(objective_name: str, arch: str = "resnet18"):
     """The method of ``objective_name`` around a fresh encoder (predictor seeded on its own)."""
     objective = build_objective(OBJECTIVES[objective_name])
-    model = encoder(objective.head_kind)
+    model = encoder(objective.head_kind, arch=arch)
     torch.manual_seed(7)
     return build_method(objective, model)
 
 
-def loss_and_grads(rank: int, world_size: int, objective_name: str) -> dict[str, torch.Tensor]:
+def loss_and_grads(
+    rank: int, world_size: int, objective_name: str, arch: str = "resnet18"
+) -> dict[str, torch.Tensor]:
     """One training step's loss and parameter gradients on the fixed global batch.
 
     Rank ``r`` of ``W`` takes the ``r``-th contiguous slice; the loop's runner gathers the global
     batch, DDP averages the gradients and global BatchNorm uses the statistics of all ranks (target
     networks included).
     """
-    method = _method(objective_name)
+    method = _method(objective_name, arch)
     settings = LoopSettings(epochs=1, batch_size=GLOBAL_BATCH, seed=0, progress=False)
     network = _step_model(method, settings, torch.device("cpu"))
-    images, labels, index = global_batch()
+    images, labels, index = global_batch(clips=arch != "resnet18")
     per_rank = GLOBAL_BATCH // world_size
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     for module in method.modules().values():
@@ -163,12 +167,14 @@ def loss_and_grads(rank: int, world_size: int, objective_name: str) -> dict[str,
     return {"loss": out.loss.detach(), **grads, **buffers}
 
 
-def batchnorm_step(rank: int, world_size: int) -> dict[str, torch.Tensor]:
-    """Global BatchNorm on this rank's slice of a fixed (8, 4, 5, 5) batch: output slice and grads."""
+def batchnorm_step(rank: int, world_size: int, clips: bool = False) -> dict[str, torch.Tensor]:
+    """Global BatchNorm on this rank's slice of a fixed (8, 4, 5, 5) batch (clips: (8, 4, 3, 5, 5)):
+    output slice and grads."""
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(8, 4, 5, 5, generator=g) * 3 + 1
-    weights = torch.randn(8, 4, 5, 5, generator=g)
-    bn = torch.nn.BatchNorm2d(4)
+    shape = (8, 4, 3, 5, 5) if clips else (8, 4, 5, 5)
+    x = torch.randn(*shape, generator=g) * 3 + 1
+    weights = torch.randn(*shape, generator=g)
+    bn = torch.nn.BatchNorm3d(4) if clips else torch.nn.BatchNorm2d(4)
     with torch.no_grad():
         bn.weight.copy_(torch.linspace(0.5, 2.0, 4))
         bn.bias.copy_(torch.linspace(-1.0, 1.0, 4))

@@ -36,9 +36,10 @@ def test_two_processes_give_the_one_process_loss_and_gradients(objective: str):
     assert not torch.allclose(single["loss"], workers.loss_and_grads(0, 2, objective)["loss"])
 
 
-def test_global_batchnorm_matches_batchnorm_on_the_concatenated_batch():
-    single = workers.batchnorm_step(0, 1)
-    ranks = run_ranks(workers.batchnorm_step, 2)
+@pytest.mark.parametrize("clips", [False, True], ids=["2d", "3d"])
+def test_global_batchnorm_matches_batchnorm_on_the_concatenated_batch(clips: bool):
+    single = workers.batchnorm_step(0, 1, clips)
+    ranks = run_ranks(workers.batchnorm_step, 2, clips)
     torch.testing.assert_close(torch.cat([r["out"] for r in ranks]), single["out"])
     torch.testing.assert_close(torch.cat([r["x_grad"] for r in ranks]), single["x_grad"])
     for key in ("running_mean", "running_var"):
@@ -48,6 +49,17 @@ def test_global_batchnorm_matches_batchnorm_on_the_concatenated_batch():
     # (DDP averages, and the loop's gather scales by the number of ranks).
     for key in ("weight_grad", "bias_grad"):
         torch.testing.assert_close(ranks[0][key] + ranks[1][key], single[key])
+
+
+def test_two_processes_give_the_one_process_loss_and_gradients_for_a_clip_model():
+    """R3D-18 (width 8, 4-frame clips) with SimCLR: global BatchNorm3d + gathers + DDP, as on images."""
+    single = workers.loss_and_grads(0, 1, "simclr", "r3d_18")
+    assert any("stem" in key for key in single)  # the clip backbone's gradients are compared
+    for result in run_ranks(workers.loss_and_grads, 2, "simclr", "r3d_18"):
+        _assert_close(single, result)
+    assert not torch.allclose(
+        single["loss"], workers.loss_and_grads(0, 2, "simclr", "r3d_18")["loss"]
+    )
 
 
 def test_global_batchnorm_single_process_is_plain_batchnorm():

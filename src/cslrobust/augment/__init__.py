@@ -1,5 +1,10 @@
-"""Batched view generation (SimCLR / supervised CIFAR recipes), one config section per preset; never normalises."""
+"""Batched view generation (SimCLR / supervised CIFAR recipes, SimCLR clips), one config section per preset; never normalises."""
 
+from cslrobust.augment.clip_views import (
+    ClipViewParams,
+    SimCLRClipAugment,
+    SimCLRClipAugmentSection,
+)
 from cslrobust.augment.fast_views import (
     SimCLRFastAugment,
     SimCLRFastAugmentSection,
@@ -17,10 +22,14 @@ from cslrobust.augment.views import (
     SimCLRViewsSection,
     ViewAugment,
     build_augment,
+    check_augment_layout,
 )
 
 __all__ = [
     "AUGMENTATIONS",
+    "ClipViewParams",
+    "SimCLRClipAugment",
+    "SimCLRClipAugmentSection",
     "AugmentParams",
     "AugmentSection",
     "CropFlipAugmentSection",
@@ -34,4 +43,5 @@ __all__ = [
     "SimCLRViewsSection",
     "ViewAugment",
     "build_augment",
+    "check_augment_layout",
 ]

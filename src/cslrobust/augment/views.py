@@ -28,6 +28,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from cslrobust.errors import ConfigError
+from cslrobust.layouts import Layout, batch_ndim, require_layout
 from cslrobust.registry import ComponentRegistry
 from cslrobust.sections import AugmentSection
 
@@ -43,6 +44,7 @@ __all__ = [
     "SimCLRViewsSection",
     "ViewAugment",
     "build_augment",
+    "check_augment_layout",
 ]
 
 
@@ -255,16 +257,22 @@ class ViewAugment(nn.Module):
     def forward(self, images: torch.Tensor, n_views: int) -> torch.Tensor:
         """Return ``n_views`` augmented views of ``images`` (see the class docstring for shapes).
 
+        Clip presets (``layouts = ("clip",)``) take ``(B, C, T, H, W)`` clips instead and return
+        ``(n_views * B, C, T', H, W)`` (``T'`` the preset's clip length).
+
         Raises:
-            ValueError: If ``images`` is not a 4-D floating-point tensor or ``n_views < 1``.
+            ValueError: If ``images`` is not a floating-point batch of the preset's layout (4-D for
+                images, 5-D for clips) or ``n_views < 1``.
         """
-        if images.ndim != 4 or not images.is_floating_point():
+        ndims = {batch_ndim(layout) for layout in self.section.layouts}
+        if images.ndim not in ndims or not images.is_floating_point():
+            expected = "(B, C, H, W)" if 4 in ndims else "(B, C, T, H, W)"
             raise ValueError(
-                f"expected a (B, C, H, W) float tensor; got {tuple(images.shape)} {images.dtype}"
+                f"expected a {expected} float tensor; got {tuple(images.shape)} {images.dtype}"
             )
         if n_views < 1:
             raise ValueError(f"n_views must be >= 1; got {n_views}")
-        views = images.repeat(n_views, 1, 1, 1)  # (V*B, C, H, W), view-major
+        views = images.repeat(n_views, *(1,) * (images.ndim - 1))  # (V*B, ...), view-major
         size = (images.shape[-2], images.shape[-1])
         pipeline = self._pipelines.get(size)
         if pipeline is None:
@@ -340,3 +348,26 @@ def build_augment(section: AugmentSection) -> ViewAugment:
         ConfigError: If ``section`` is not a registered preset's section.
     """
     return ViewAugment(section)
+
+
+def check_augment_layout(section: AugmentSection, *, data: str, layout: Layout) -> None:
+    """Raise one config-error line when preset ``section.kind`` does not take ``layout`` samples.
+
+    Args:
+        section: The chosen preset's section.
+        data: The data set's name, for the message.
+        layout: The layout of the data set's samples.
+
+    Raises:
+        ConfigError: E.g. ``augment.kind 'simclr' supports image samples, data 'synthetic_clips'
+            gives clip samples; expected one of augment.kind: ['simclr_clip']``.
+    """
+    fitting = [k for k in AUGMENTATIONS.names() if layout in AUGMENTATIONS.get(k).section.layouts]
+    require_layout(
+        "augment.kind",
+        section.kind,
+        type(section).layouts,
+        data=data,
+        layout=layout,
+        alternatives=fitting,
+    )

@@ -1,5 +1,8 @@
 """CIFAR-10/100 and image folders as uint8 tensors, split reproducibly, served in [0, 1] batches.
 
+Clips: synthetic labelled clips from real images (:mod:`cslrobust.data.synthetic_clips`) and video
+files through PyAV with a decoded-frame cache and the UCF101/HMDB51 splits (:mod:`cslrobust.data.video`).
+
 :func:`build_datasets` is the entry point: it loads a data set (downloading CIFAR or reading an
 image-folder archive), carves a stratified validation split out of the official training set
 *before* taking an optional per-class training subset (so validation never overlaps training and
@@ -22,26 +25,60 @@ from cslrobust.data.image_folder import load_image_folder
 from cslrobust.data.raw import RawDataset
 from cslrobust.data.splits import stratified_subset, train_val_split
 from cslrobust.data.stats import channel_mean_std
-from cslrobust.data.tensor_data import Batch, TensorImageDataset
+from cslrobust.data.synthetic_clips import (
+    MOTIONS,
+    SyntheticClips,
+    build_synthetic_clip_datasets,
+    make_synthetic_clips,
+)
+from cslrobust.data.tensor_data import Batch, TensorClipDataset, TensorImageDataset
+from cslrobust.data.video import (
+    FrameCache,
+    StreamingVideoDataset,
+    VideoClipDataset,
+    VideoEntry,
+    VideoSplit,
+    decode_frames,
+    hmdb51_split,
+    load_videos,
+    ucf101_split,
+)
 from cslrobust.errors import ConfigError, DataError
+from cslrobust.layouts import LAYOUTS, Layout
 
 __all__ = [
     "DATASET_NAMES",
     "Batch",
     "DataSplits",
+    "FrameCache",
+    "LAYOUTS",
+    "MOTIONS",
+    "SyntheticClips",
+    "Layout",
     "RawDataset",
+    "StreamingVideoDataset",
+    "TensorClipDataset",
     "TensorImageDataset",
+    "VideoClipDataset",
+    "VideoEntry",
+    "VideoSplit",
     "build_datasets",
+    "build_synthetic_clip_datasets",
     "channel_mean_std",
+    "decode_frames",
     "default_data_root",
     "download",
+    "hmdb51_split",
     "load_cifar",
     "load_image_folder",
+    "load_videos",
+    "make_synthetic_clips",
     "md5_file",
     "safe_extract_tar",
     "sha256_file",
     "stratified_subset",
     "train_val_split",
+    "ucf101_split",
 ]
 
 DATASET_NAMES = ("cifar10", "cifar100", "image_folder")
@@ -60,6 +97,8 @@ class DataSplits:
         classes: Class names; ``classes[k]`` names label ``k``.
         mean: Per-channel pixel mean of ``train`` in ``[0, 1]`` units (for ``Normalize``).
         std: Per-channel pixel standard deviation of ``train`` in ``[0, 1]`` units.
+
+    The splits' :attr:`layout` (images or clips) is what augmentations and backbones must support.
     """
 
     train: TensorImageDataset
@@ -73,6 +112,11 @@ class DataSplits:
     def num_classes(self) -> int:
         """Number of classes."""
         return len(self.classes)
+
+    @property
+    def layout(self) -> Layout:
+        """The sample layout of the three splits (``"image"`` or ``"clip"``)."""
+        return self.train.layout
 
 
 def default_data_root() -> Path:

@@ -8,9 +8,11 @@ dataset-level ``index`` of its images, the instance id that contrastive objectiv
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
+
+from cslrobust.layouts import Layout, batch_ndim
 
 
 class Batch(NamedTuple):
@@ -23,7 +25,7 @@ class Batch(NamedTuple):
 
     Shape:
         - index: ``(B,)`` int64.
-        - images: ``(B, 3, H, W)`` float32 in ``[0, 1]``.
+        - images: ``(B, 3, H, W)`` float32 in ``[0, 1]`` (clips: ``(B, 3, T, H, W)``).
         - labels: ``(B,)`` int64.
     """
 
@@ -44,16 +46,23 @@ class TensorImageDataset:
         - images: ``(N, 3, H, W)`` uint8 in ``[0, 255]``.
         - labels: ``(N,)`` int64.
 
+    Attributes:
+        layout: The sample layout, ``"image"`` (:class:`TensorClipDataset`: ``"clip"``).
+
     Raises:
         ValueError: If dtypes or shapes do not match the above (a programming error).
     """
 
+    layout: ClassVar[Layout] = "image"
+    _shape: ClassVar[str] = "(N, 3, H, W)"
+
     def __init__(
         self, images: torch.Tensor, labels: torch.Tensor, device: str | torch.device = "cpu"
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        ndim = batch_ndim(self.layout)
+        if images.dtype != torch.uint8 or images.ndim != ndim or images.shape[1] != 3:
             raise ValueError(
-                f"images must be uint8 of shape (N, 3, H, W), got {images.dtype} "
+                f"images must be uint8 of shape {self._shape}, got {images.dtype} "
                 f"{tuple(images.shape)}"
             )
         if labels.dtype != torch.int64 or labels.shape != (images.shape[0],):
@@ -132,8 +141,23 @@ class TensorImageDataset:
         stop = per_rank - per_rank % batch_size if drop_last else per_rank
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]  # (B,)
-            images = self.images[index].to(torch.float32).div_(255.0)  # (B, 3, H, W) in [0, 1]
+            images = self.images[index].to(torch.float32).div_(255.0)  # (B, 3, [T,] H, W) in [0, 1]
             yield Batch(index=index, images=images, labels=self.labels[index])
+
+
+class TensorClipDataset(TensorImageDataset):
+    """Clips and labels kept on ``device``, batched exactly as :class:`TensorImageDataset`.
+
+    Every clip has the same number of frames (e.g. the synthetic clip sets); batches hold
+    ``(B, 3, T, H, W)`` float32 clips in ``[0, 1]``.
+
+    Shape:
+        - images: ``(N, 3, T, H, W)`` uint8 in ``[0, 255]``.
+        - labels: ``(N,)`` int64.
+    """
+
+    layout: ClassVar[Layout] = "clip"
+    _shape: ClassVar[str] = "(N, 3, T, H, W)"
 
 
 def _check_batching(batch_size: int, rank: int, world_size: int) -> None:

@@ -10,11 +10,27 @@ from collections.abc import Sequence
 
 import torch
 
-from cslrobust.models.backbone import MODELS, Backbone
+from cslrobust.layouts import Layout, require_layout
+from cslrobust.models.backbone import (
+    MODELS,
+    Backbone,
+    backbone_class,
+    backbone_layouts,
+    check_backbone_layout,
+)
 from cslrobust.models.encoder import Classifier, Encoder
 from cslrobust.models.heads import HEADS, LinearHead, ProjectionHead
 from cslrobust.models.normalize import Normalize
 from cslrobust.models.resnet_cifar import STEMS, BasicBlock, Bottleneck, ResNet
+from cslrobust.models.video_resnet import (
+    VIDEO_STEMS,
+    Conv2Plus1d,
+    VideoBasicBlock,
+    VideoResNet,
+    r2plus1d_18,
+    r2plus1d_mid_channels,
+    r3d_18,
+)
 from cslrobust.sections import HeadKind
 
 __all__ = [
@@ -30,7 +46,17 @@ __all__ = [
     "ProjectionHead",
     "ResNet",
     "STEMS",
+    "VIDEO_STEMS",
+    "Conv2Plus1d",
+    "VideoBasicBlock",
+    "VideoResNet",
+    "backbone_class",
+    "backbone_layouts",
     "build_encoder",
+    "check_backbone_layout",
+    "r2plus1d_18",
+    "r2plus1d_mid_channels",
+    "r3d_18",
 ]
 
 
@@ -47,6 +73,7 @@ def build_encoder(
     channels_last: bool = False,
     zero_init_residual: bool = False,
     stem: str = "cifar",
+    layout: Layout | None = None,
 ) -> Encoder:
     """Build ``Encoder(Normalize(mean, std), MODELS[arch](width, ...), HEADS[head_kind](...))``.
 
@@ -66,17 +93,26 @@ def build_encoder(
             at the first convolution; contiguous inputs still work and give the same result.
         zero_init_residual: Zero the last BatchNorm gamma of every residual branch.
         stem: Backbone stem, ``"cifar"`` (3x3, no max-pool) or ``"imagenet"`` (7x7 stride 2 +
-            max-pool), see :class:`~cslrobust.models.ResNet`.
+            max-pool), see :class:`~cslrobust.models.ResNet`; clip backbones take ``"cifar"``
+            or ``"kinetics"`` (:class:`~cslrobust.models.VideoResNet`).
+        layout: Sample layout the encoder takes; ``None`` is the backbone's first declared layout
+            (``"image"`` for the image ResNets, ``"clip"`` for the video ones). Clip encoders use
+            ``torch.channels_last_3d`` for ``channels_last``.
 
     Returns:
         The encoder, in training mode, on the CPU.
 
     Raises:
-        ConfigError: If ``arch`` or ``head_kind`` is unknown, or a size/statistic is invalid.
+        ConfigError: If ``arch`` or ``head_kind`` is unknown, a size/statistic is invalid, or the
+            backbone does not take ``layout`` samples.
     """
     backbone_factory = MODELS.get(arch)
     head_builder = HEADS.get(head_kind)
-    normalize = Normalize(mean, std)
+    supported = backbone_layouts(arch)
+    if layout is None:
+        layout = supported[0]
+    require_layout("model.arch", arch, supported, data="the encoder's input", layout=layout)
+    normalize = Normalize(mean, std, layout)
     backbone = backbone_factory(width, len(mean), zero_init_residual=zero_init_residual, stem=stem)
     head = head_builder(
         backbone.feature_dim,
@@ -86,5 +122,7 @@ def build_encoder(
     )
     encoder = Encoder(normalize, backbone, head)
     if channels_last:
-        encoder = encoder.to(memory_format=torch.channels_last)
+        # Conv3d weights are 5-D: channels-last there is channels_last_3d (NDHWC).
+        fmt = torch.channels_last if layout == "image" else torch.channels_last_3d
+        encoder = encoder.to(memory_format=fmt)
     return encoder
