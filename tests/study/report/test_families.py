@@ -138,7 +138,7 @@ def test_groups_follow_the_family_order_and_colours_are_fixed():
     assert family_colours(["negative_free"])["negative_free"] == "C3"
     assert family_colours(["supervised", "new"]) == {
         **{k: f"C{i}" for i, k in enumerate(FAMILIES)},
-        "new": "C4",
+        "new": "C6",
     }
 
 

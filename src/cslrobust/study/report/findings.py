@@ -1,4 +1,4 @@
-"""Findings first: one line per claim of the mission (C1-C4) that the study can test, with its verdict.
+"""Findings first: one line per claim of the mission (C1-C5) that the study can test, with its verdict.
 
 Each claim is a registered test ``(StudyResults, ReportContext) -> Finding | str`` (a string says why
 the study cannot test it). A finding is one or more :class:`Series` of tested quantities, each with
@@ -17,6 +17,14 @@ import numpy as np
 
 from cslrobust.registry import Registry
 from cslrobust.statistics import Estimate, Verdict, t_interval, verdict
+from cslrobust.study.report.protocols import (
+    ATTACKS,
+    PROTOCOLS,
+    _budget,
+    gain,
+    method_pairs,
+    metric,
+)
 from cslrobust.study.report.results import Note, StudyResults
 from cslrobust.study.report.robustness import BudgetGap, budget_gaps
 from cslrobust.study.report.sections import ReportContext, SectionOutput, register_section
@@ -297,6 +305,43 @@ def claim_false_negative_removal(res: StudyResults, ctx: ReportContext) -> Findi
         f"false-negative removal raises CSL robustness under {attack.upper()}: RA(M) - "
         f"RA({ctx.contrastive}) > 0 (points [95% CI]) for M with objective "
         f"{' or '.join(FN_OBJECTIVES)}; gap closure quoted where the gap is positive",
+        series,
+    )
+
+
+@register_claim("c5")
+def claim_adversarial_removal(res: StudyResults, ctx: ReportContext) -> Finding | str:
+    """C5: RA(with removal) - RA(without) > 0 for adversarial CSL, per protocol and attack."""
+    pairs = method_pairs(ctx.configs)
+    if not pairs:
+        return "no adversarial method paired with its false-negative-removal counterpart"
+    series = []
+    for (with_fn, without_fn), seeds in sorted(pairs.items()):
+        points = []
+        for protocol in PROTOCOLS:
+            for attack in ATTACKS:
+                eps = _budget(res, protocol, attack)
+                if eps is None:
+                    continue
+                value = gain(
+                    res,
+                    with_fn,
+                    without_fn,
+                    seeds,
+                    metric(protocol, "robust_accuracy"),
+                    attack=attack,
+                    eps=eps,
+                )
+                if value is not None:
+                    points.append(tested(f"{protocol.upper()} {attack}", value))
+        if points:
+            series.append(Series(f"{with_fn} - {without_fn}", points))
+    if not series:
+        return "no evaluation-protocol rows (the protocols stage) for the paired methods"
+    return Finding(
+        "C5",
+        "false-negative removal raises the robustness of adversarial CSL: RA(with removal) - "
+        "RA(without) > 0 (points [95% CI], paired by seed and test image) per protocol and attack",
         series,
     )
 
