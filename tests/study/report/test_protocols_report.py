@@ -194,3 +194,16 @@ def test_failed_protocol_gates_reach_the_report_top(protocol_store, tmp_path: Pa
         _, path = write_report("t", cells, store, tmp_path / "r", sections=["protocols"])
     text = path.read_text()
     assert "GATE FAILED: acl (seed 0): protocol/aff/gate/input_gradients: gradient masking" in text
+
+
+def test_claim_c5_reads_the_gain_of_every_pair_per_protocol(protocol_store, tmp_path: Path):
+    db, cells = protocol_store
+    out = tmp_path / "report"
+    with ResultsStore(db) as store:
+        _, path = write_report("t", cells, store, out, sections=["findings", "protocols"])
+    md = path.read_text()
+    line = next(row for row in md.splitlines() if row.startswith("- **C5**"))
+    assert "acl_fn - acl" in line
+    for where in ("SLF pgd", "ALF autoattack", "AFF autoattack"):
+        assert where in line
+    assert "AFF autoattack: 12.5 [" in line  # the AFF AutoAttack gain, as in the gain table
