@@ -17,14 +17,7 @@ import numpy as np
 
 from cslrobust.registry import Registry
 from cslrobust.statistics import Estimate, Verdict, t_interval, verdict
-from cslrobust.study.report.protocols import (
-    ATTACKS,
-    PROTOCOLS,
-    _budget,
-    gain,
-    method_pairs,
-    metric,
-)
+from cslrobust.study.report.protocols import method_pairs, pair_gains
 from cslrobust.study.report.results import Note, StudyResults
 from cslrobust.study.report.robustness import BudgetGap, budget_gaps
 from cslrobust.study.report.sections import ReportContext, SectionOutput, register_section
@@ -315,27 +308,11 @@ def claim_adversarial_removal(res: StudyResults, ctx: ReportContext) -> Finding 
     pairs = method_pairs(ctx.configs)
     if not pairs:
         return "no adversarial method paired with its false-negative-removal counterpart"
-    series = []
-    for (with_fn, without_fn), seeds in sorted(pairs.items()):
-        points = []
-        for protocol in PROTOCOLS:
-            for attack in ATTACKS:
-                eps = _budget(res, protocol, attack)
-                if eps is None:
-                    continue
-                value = gain(
-                    res,
-                    with_fn,
-                    without_fn,
-                    seeds,
-                    metric(protocol, "robust_accuracy"),
-                    attack=attack,
-                    eps=eps,
-                )
-                if value is not None:
-                    points.append(tested(f"{protocol.upper()} {attack}", value))
-        if points:
-            series.append(Series(f"{with_fn} - {without_fn}", points))
+    by_pair: dict[str, list[Point]] = {}
+    for with_fn, without_fn, _, protocol, attack, _, value in pair_gains(res, pairs):
+        point = tested(f"{protocol.upper()} {attack}", value)
+        by_pair.setdefault(f"{with_fn} - {without_fn}", []).append(point)
+    series = [Series(label, points) for label, points in sorted(by_pair.items())]
     if not series:
         return "no evaluation-protocol rows (the protocols stage) for the paired methods"
     return Finding(

@@ -16,7 +16,7 @@ Without protocol rows the section is one line saying so (when the study runs the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,13 +214,10 @@ def protocol_table(res: StudyResults, protocol: str) -> Table | None:
     )
 
 
-def gain_table(res: StudyResults, ctx: ReportContext) -> Table | Note | None:
-    """RA(with removal) - RA(without) per method pair, protocol and attack; None without pairs."""
-    pairs = method_pairs(ctx.configs)
-    if not pairs:
-        return None
-    header = ["with removal", "without", "seeds", "protocol", "attack", "RA(with) - RA(without)"]
-    rows, used = [], []
+def pair_gains(
+    res: StudyResults, pairs: Mapping[tuple[str, str], list[int]]
+) -> Iterator[tuple[str, str, list[int], str, str, float, Estimate]]:
+    """``(with, without, seeds, protocol, attack, eps, gain)`` of every pair with protocol rows."""
     for (with_fn, without_fn), seeds in pairs.items():
         for protocol in PROTOCOLS:
             for attack in ATTACKS:
@@ -236,19 +233,29 @@ def gain_table(res: StudyResults, ctx: ReportContext) -> Table | Note | None:
                     attack=attack,
                     eps=eps,
                 )
-                if value is None:
-                    continue
-                used.append(value.method)
-                rows.append(
-                    [
-                        with_fn,
-                        without_fn,
-                        ", ".join(map(str, seeds)),
-                        protocol.upper(),
-                        f"{'PGD' if attack == 'pgd' else 'AutoAttack'} {eps_label('linf', eps)}",
-                        _format(value),
-                    ]
-                )
+                if value is not None:
+                    yield with_fn, without_fn, seeds, protocol, attack, eps, value
+
+
+def gain_table(res: StudyResults, ctx: ReportContext) -> Table | Note | None:
+    """RA(with removal) - RA(without) per method pair, protocol and attack; None without pairs."""
+    pairs = method_pairs(ctx.configs)
+    if not pairs:
+        return None
+    header = ["with removal", "without", "seeds", "protocol", "attack", "RA(with) - RA(without)"]
+    rows, used = [], []
+    for with_fn, without_fn, seeds, protocol, attack, eps, value in pair_gains(res, pairs):
+        used.append(value.method)
+        rows.append(
+            [
+                with_fn,
+                without_fn,
+                ", ".join(map(str, seeds)),
+                protocol.upper(),
+                f"{'PGD' if attack == 'pgd' else 'AutoAttack'} {eps_label('linf', eps)}",
+                _format(value),
+            ]
+        )
     if not rows:
         pairs_text = ", ".join(f"{a} / {b}" for a, b in pairs)
         return Note(
