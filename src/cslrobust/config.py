@@ -19,10 +19,11 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Field,
     SerializeAsAny,
@@ -251,6 +252,17 @@ class AttackConfig(Section):
         return value
 
 
+def _severity_range(value: tuple[int, ...]) -> tuple[int, ...]:
+    for s in value:
+        if not 1 <= s <= 5:
+            raise ValueError(f"severity {s} outside 1..5")
+    return value
+
+
+#: Corruption severities, each in 1..5 (the evaluation suite's and the protocols').
+Severities = Annotated[tuple[int, ...], AfterValidator(_severity_range)]
+
+
 class EvaluationConfig(Section):
     """The trustworthy evaluation suite of ``cslrobust evaluate`` (issue 3).
 
@@ -277,16 +289,8 @@ class EvaluationConfig(Section):
     fab_images: int = Field(default=200, ge=0)
     fab_n_iter: int = Field(default=100, ge=1)
     corruptions: tuple[str, ...] | None = None  # all 15 when null, none when []
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    severities: Severities = (1, 2, 3, 4, 5)
     corruption_images: int | None = Field(default=1000, gt=0)
-
-    @field_validator("severities")
-    @classmethod
-    def _severity_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        for s in value:
-            if not 1 <= s <= 5:
-                raise ValueError(f"severity {s} outside 1..5")
-        return value
 
     @model_validator(mode="after")
     def _positive_radii(self) -> EvaluationConfig:
@@ -396,7 +400,7 @@ class ProtocolsConfig(Section):
     n_images: int | None = Field(default=1000, gt=0, description="fixed test subset; all if null")
     batch_size: int = Field(default=256, gt=0, description="evaluation batch size")
     corruptions: tuple[str, ...] | None = None  # all 15 when null, none when []
-    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    severities: Severities = (1, 2, 3, 4, 5)
     corruption_images: int | None = Field(default=1000, gt=0)
     gate_images: int | None = Field(
         default=200, gt=0, description="first images of the test subset re-attacked by the gates"
@@ -433,14 +437,6 @@ class ProtocolsConfig(Section):
                     raise ValueError(
                         f"unknown AutoAttack attack {name!r}; expected one of {list(AUTOATTACK_ATTACKS)}"
                     )
-        return value
-
-    @field_validator("severities")
-    @classmethod
-    def _severity_range(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        for s in value:
-            if not 1 <= s <= 5:
-                raise ValueError(f"severity {s} outside 1..5")
         return value
 
     @model_validator(mode="after")
