@@ -40,6 +40,7 @@ from cslrobust.run_files import Int, Record, Str
 from cslrobust.sections import BARE_LINF_MAX as BARE_LINF_MAX
 from cslrobust.sections import (
     AugmentSection,
+    Layout,
     LinfRadius,
     ObjectiveSection,
     OptimizerSection,
@@ -61,7 +62,9 @@ class DataConfig(Section):
     ``name: cifar10`` it replaces the official download (this is how the offline JPEG copy is read).
     """
 
-    name: Literal["cifar10", "cifar100", "image_folder"] = "cifar10"
+    name: Literal["cifar10", "cifar100", "image_folder", "synthetic_clips", "ucf101", "hmdb51"] = (
+        "cifar10"
+    )
     root: Path | None = Field(
         default=None, description="cache folder; default $CSLROBUST_DATA or ~/.cache/cslrobust"
     )
@@ -69,6 +72,76 @@ class DataConfig(Section):
     download: bool = True
     train_per_class: int | None = Field(default=None, gt=0)
     val_per_class: int = Field(default=50, ge=0)
+    # Clip data sets only (synthetic_clips, ucf101, hmdb51); each key stays out of the run id at its
+    # default, and an image data set refuses any of them set.
+    variant: Literal["camera", "motion_only"] = Field(
+        default="camera", description="synthetic_clips: class kept under camera motion, or = the motion"
+    )
+    frames: int | None = Field(
+        default=None, gt=0, description="frames per clip (default 8 synthetic, 16 videos)"
+    )
+    stride: int = Field(default=1, gt=0, description="videos: frame step inside a clip")
+    size: int | None = Field(default=None, gt=0, description="videos: frame side (default 112)")
+    split_dir: Path | None = Field(default=None, description="videos: the official split files")
+    fold: int = Field(default=1, ge=1, le=3, description="videos: official split 1, 2 or 3")
+    eval_clips: int = Field(
+        default=1, gt=0, description="clips per evaluation sample, uniformly placed, averaged"
+    )
+    skip_bad: bool = Field(default=False, description="videos: skip undecodable files, listed")
+
+    later_defaults: ClassVar[dict[str, object]] = {
+        "variant": "camera",
+        "frames": None,
+        "stride": 1,
+        "size": None,
+        "split_dir": None,
+        "fold": 1,
+        "eval_clips": 1,
+        "skip_bad": False,
+    }
+
+    @property
+    def layout(self) -> Layout:
+        """The sample layout of this data set (``"clip"`` for the clip data sets)."""
+        return "clip" if self.name in CLIP_DATASETS else "image"
+
+    @property
+    def clip_frames(self) -> int:
+        """Frames per clip the data hands out (``frames`` or the data set's default)."""
+        if self.frames is not None:
+            return self.frames
+        return 8 if self.name == "synthetic_clips" else 16
+
+    @model_validator(mode="after")
+    def _clip_keys_need_clip_data(self) -> DataConfig:
+        misplaced = [
+            k
+            for k, default in self.later_defaults.items()
+            if getattr(self, k) != default and self.name not in _CLIP_KEY_SCOPE[k]
+        ]
+        if misplaced:
+            key = misplaced[0]
+            raise ValueError(
+                f"{key} applies to {' / '.join(_CLIP_KEY_SCOPE[key])} only, not to data set "
+                f"{self.name!r}"
+            )
+        if self.name in ("ucf101", "hmdb51") and (self.source is None or self.split_dir is None):
+            raise ValueError(
+                f"data set {self.name!r} needs source (the video folder) and split_dir (the "
+                "folder of the official split files)"
+            )
+        return self
+
+
+#: Data sets whose samples are clips ``(C, T, H, W)``.
+CLIP_DATASETS = ("synthetic_clips", "ucf101", "hmdb51")
+_VIDEO_DATASETS = ("ucf101", "hmdb51")
+_CLIP_KEY_SCOPE: dict[str, tuple[str, ...]] = {
+    "variant": ("synthetic_clips",),
+    "frames": CLIP_DATASETS,
+    "eval_clips": CLIP_DATASETS,
+    **{k: _VIDEO_DATASETS for k in ("stride", "size", "split_dir", "fold", "skip_bad")},
+}
 
 
 class ModelConfig(Section):
@@ -93,14 +166,16 @@ class ModelConfig(Section):
             raise ValueError(f"unknown arch {value!r}; expected one of {MODELS.names()}")
         return value
 
-    @field_validator("stem")
-    @classmethod
-    def _known_stem(cls, value: str) -> str:
-        from cslrobust.models import STEMS
+    @model_validator(mode="after")
+    def _known_stem(self) -> ModelConfig:
+        from cslrobust.models import STEMS, VIDEO_STEMS, backbone_layouts
 
-        if value not in STEMS:
-            raise ValueError(f"unknown stem {value!r}; expected one of {list(STEMS)}")
-        return value
+        stems = VIDEO_STEMS if "clip" in backbone_layouts(self.arch) else STEMS
+        if self.stem not in stems:
+            raise ValueError(
+                f"unknown stem {self.stem!r} for arch {self.arch!r}; expected one of {list(stems)}"
+            )
+        return self
 
 
 class TrainConfig(Section):
@@ -502,6 +577,27 @@ class RunConfig(Section):
             raise ValueError(f"not a torch device: {value!r}") from None
         return value
 
+    @model_validator(mode="after")
+    def _components_take_the_data_layout(self) -> RunConfig:
+        from cslrobust.augment import check_augment_layout
+        from cslrobust.models import check_backbone_layout
+
+        data, layout = self.data.name, self.data.layout
+        check_backbone_layout(self.model.arch, data=data, layout=layout)
+        check_augment_layout(self.augment, data=data, layout=layout)
+        return self
+
+    def clip_frames(self) -> int | None:
+        """Frames of one clip as the model sees it (None for images).
+
+        The view length of a temporally jittered view preset (``augment.frames``), else the data's
+        clip length. Evaluation samples hold ``data.eval_clips`` clips of this length, averaged.
+        """
+        if self.data.layout != "clip":
+            return None
+        frames = getattr(self.augment, "frames", None)
+        return frames if frames is not None else self.data.clip_frames
+
     @property
     def run_dir(self) -> Path:
         """Folder of this run's artifacts: ``output_dir/name``."""
@@ -522,8 +618,11 @@ class RunConfig(Section):
     def run_id(self) -> str:
         """Short canonical hash of :meth:`training_identity` (paths excluded)."""
         identity = dict(self.training_identity())
+        data_later = type(self.data).later_defaults
         identity["data"] = {
-            k: v for k, v in identity["data"].items() if k not in ("root", "download")
+            k: v
+            for k, v in identity["data"].items()
+            if k not in ("root", "download") and data_later.get(k, _MISSING) != v
         }
         # torch.compile is an execution detail; train options added after the first release count
         # only when changed, so the ids of earlier runs stay valid.

@@ -39,6 +39,7 @@ from cslrobust.data.video import (
     VideoEntry,
     VideoSplit,
     decode_frames,
+    eval_windows,
     hmdb51_split,
     load_videos,
     ucf101_split,
@@ -47,8 +48,10 @@ from cslrobust.errors import ConfigError, DataError
 from cslrobust.layouts import LAYOUTS, Layout
 
 __all__ = [
+    "CLIP_DATASET_NAMES",
     "DATASET_NAMES",
     "Batch",
+    "ClipSettings",
     "DataSplits",
     "FrameCache",
     "LAYOUTS",
@@ -82,6 +85,7 @@ __all__ = [
 ]
 
 DATASET_NAMES = ("cifar10", "cifar100", "image_folder")
+CLIP_DATASET_NAMES = ("synthetic_clips", "ucf101", "hmdb51")
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 _IMAGE_FOLDER_CACHE = "image_folder_cache"
 
@@ -97,6 +101,9 @@ class DataSplits:
         classes: Class names; ``classes[k]`` names label ``k``.
         mean: Per-channel pixel mean of ``train`` in ``[0, 1]`` units (for ``Normalize``).
         std: Per-channel pixel standard deviation of ``train`` in ``[0, 1]`` units.
+        skipped: ``(path, reason)`` of every video left out with ``skip_bad`` (clip data sets).
+        train_eval: The training samples cut as evaluation samples (clip data sets whose evaluation
+            samples differ from training clips), see :attr:`probe_train`.
 
     The splits' :attr:`layout` (images or clips) is what augmentations and backbones must support.
     """
@@ -107,6 +114,17 @@ class DataSplits:
     classes: tuple[str, ...]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    skipped: tuple[tuple[str, str], ...] = ()
+    train_eval: TensorImageDataset | None = None
+
+    @property
+    def probe_train(self) -> TensorImageDataset:
+        """The training samples in evaluation form (what a linear probe trains on).
+
+        The training set itself, except for clip data whose evaluation samples are several
+        (or shorter) clips than the training clips: then ``train_eval``.
+        """
+        return self.train if self.train_eval is None else self.train_eval
 
     @property
     def num_classes(self) -> int:
@@ -117,6 +135,35 @@ class DataSplits:
     def layout(self) -> Layout:
         """The sample layout of the three splits (``"image"`` or ``"clip"``)."""
         return self.train.layout
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """How a clip data set is cut into clips (``data`` keys of the clip data sets).
+
+    Attributes:
+        variant: ``synthetic_clips``: ``"camera"`` or ``"motion_only"``.
+        frames: Frames per training clip the data hands out (synthetic: frames rendered).
+        view_frames: Frames of one clip as the model sees it (<= ``frames``; shorter when the view
+            preset jitters in time).
+        eval_clips: Clips of ``view_frames`` per evaluation sample, uniformly placed, averaged by
+            the model.
+        stride: Videos: frame step inside a clip.
+        size: Videos: frame side in pixels (``None``: 112).
+        split_dir: Videos: the folder of the official split files.
+        fold: Videos: official split 1-3.
+        skip_bad: Videos: leave out undecodable files (listed in :attr:`DataSplits.skipped`).
+    """
+
+    variant: str = "camera"
+    frames: int = 8
+    view_frames: int = 8
+    eval_clips: int = 1
+    stride: int = 1
+    size: int | None = None
+    split_dir: Path | None = None
+    fold: int = 1
+    skip_bad: bool = False
 
 
 def default_data_root() -> Path:
@@ -136,6 +183,7 @@ def build_datasets(
     device: str | torch.device = "cpu",
     download: bool = True,
     progress: bool = True,
+    clips: ClipSettings | None = None,
 ) -> DataSplits:
     """Load a data set and split it into train / validation / test sets on ``device``.
 
@@ -152,6 +200,8 @@ def build_datasets(
         device: Where the tensors live.
         download: Allow downloading CIFAR archives.
         progress: Show progress bars (download, decoding an image folder).
+        clips: Required by the clip data sets (``synthetic_clips``: clips rendered from CIFAR-10 or
+            the image folder ``source``; ``ucf101`` / ``hmdb51``: the video folder ``source``).
 
     Returns:
         The splits, with the training-set channel mean and std.
@@ -161,6 +211,21 @@ def build_datasets(
         DataError: If the data cannot be loaded, a class has too few examples for the requested
             split sizes, or a ``source`` for CIFAR has the wrong number of classes.
     """
+    if name in CLIP_DATASET_NAMES:
+        if clips is None:
+            raise ConfigError(f"data set {name!r} gives clips and needs clip settings")
+        return _build_clip_datasets(
+            name,
+            root=root,
+            source=source,
+            train_per_class=train_per_class,
+            val_per_class=val_per_class,
+            seed=seed,
+            device=device,
+            download=download,
+            progress=progress,
+            clips=clips,
+        )
     raw = _load_raw(name, root=root, source=source, download=download, progress=progress)
     train_idx, val_idx = train_val_split(raw.train_labels, val_per_class, seed)
     if train_per_class is not None:
@@ -200,3 +265,67 @@ def _load_raw(
             f"source {source} has {len(raw.classes)} classes; expected {expected} for {name}"
         )
     return dataclasses.replace(raw, name=name)
+
+
+def _build_clip_datasets(
+    name: str,
+    *,
+    root: Path,
+    source: Path | None,
+    train_per_class: int | None,
+    val_per_class: int,
+    seed: int,
+    device: str | torch.device,
+    download: bool,
+    progress: bool,
+    clips: ClipSettings,
+) -> DataSplits:
+    if name != "synthetic_clips":
+        from cslrobust.data.video import build_video_datasets
+
+        return build_video_datasets(
+            name,
+            source=source,
+            cache_root=root,
+            train_per_class=train_per_class,
+            val_per_class=val_per_class,
+            seed=seed,
+            device=device,
+            progress=progress,
+            clips=clips,
+        )
+    # Synthetic clips are rendered from CIFAR-10 (or the image folder ``source``).
+    raw = _load_raw(
+        "image_folder" if source is not None else "cifar10",
+        root=root,
+        source=source,
+        download=download,
+        progress=progress,
+    )
+    splits = build_synthetic_clip_datasets(
+        raw,
+        variant=clips.variant,  # type: ignore[arg-type]
+        frames=clips.frames,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+        seed=seed,
+        device=device,
+    )
+    return _with_eval_windows(splits, clips)
+
+
+def _with_eval_windows(splits: DataSplits, clips: ClipSettings) -> DataSplits:
+    """Validation and test samples as ``eval_clips`` uniformly placed model-length clips."""
+    if clips.eval_clips == 1 and clips.view_frames == clips.frames:
+        return splits
+
+    def windows(data: TensorImageDataset) -> TensorClipDataset:
+        images = eval_windows(data.images, clips.view_frames, clips.eval_clips)
+        return TensorClipDataset(images, data.labels, data.device)
+
+    return dataclasses.replace(
+        splits,
+        val=windows(splits.val),
+        test=windows(splits.test),
+        train_eval=windows(splits.train),
+    )

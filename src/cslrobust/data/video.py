@@ -44,6 +44,7 @@ __all__ = [
     "VideoSplit",
     "decode_frames",
     "eval_clip_indices",
+    "eval_windows",
     "hmdb51_split",
     "load_videos",
     "train_clip_indices",
@@ -334,6 +335,30 @@ def eval_clip_indices(n_frames: int, frames: int, stride: int, clips: int) -> to
         raise ConfigError(f"evaluation clips per video must be >= 1; got {clips}")
     starts = torch.linspace(0, max(0, n_frames - span), clips).round().long()
     return (starts.view(-1, 1) + stride * torch.arange(frames)).clamp_(max=n_frames - 1)
+
+
+def eval_windows(clips: torch.Tensor, frames: int, count: int) -> torch.Tensor:
+    """Evaluation samples from fixed-length clips: ``count`` windows of ``frames`` frames each,
+    placed uniformly (:func:`eval_clip_indices`, stride 1) and concatenated along time.
+
+    A model whose clip length is ``frames`` averages its features over the windows
+    (:class:`~cslrobust.models.Encoder` with ``clip_frames``). With ``count == 1`` and
+    ``frames == T`` the clips are returned as they are.
+
+    Shape:
+        - clips: ``(N, C, T, H, W)``.
+        - Returns: ``(N, C, count * frames, H, W)``.
+    """
+    n_frames = clips.shape[2]
+    if frames > n_frames:
+        raise ConfigError(
+            f"clips of {frames} frames do not fit in samples of {n_frames} frames; expected "
+            f"augment.frames <= data.frames"
+        )
+    if count == 1 and frames == n_frames:
+        return clips
+    index = eval_clip_indices(n_frames, frames, 1, count).flatten()  # (count * frames,)
+    return clips.index_select(2, index.to(clips.device))
 
 
 def _clip(video: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -74,6 +74,7 @@ def build_encoder(
     zero_init_residual: bool = False,
     stem: str = "cifar",
     layout: Layout | None = None,
+    clip_frames: int | None = None,
 ) -> Encoder:
     """Build ``Encoder(Normalize(mean, std), MODELS[arch](width, ...), HEADS[head_kind](...))``.
 
@@ -98,6 +99,8 @@ def build_encoder(
         layout: Sample layout the encoder takes; ``None`` is the backbone's first declared layout
             (``"image"`` for the image ResNets, ``"clip"`` for the video ones). Clip encoders use
             ``torch.channels_last_3d`` for ``channels_last``.
+        clip_frames: Clip encoders: frames of one clip; a longer input of a whole number of
+            clips is evaluated clip by clip with the features averaged.
 
     Returns:
         The encoder, in training mode, on the CPU.
@@ -120,7 +123,7 @@ def build_encoder(
         proj_hidden_dim=proj_hidden_dim,
         proj_dim=proj_dim,
     )
-    encoder = Encoder(normalize, backbone, head)
+    encoder = Encoder(normalize, backbone, head, clip_frames=clip_frames)
     if channels_last:
         # Conv3d weights are 5-D: channels-last there is channels_last_3d (NDHWC).
         fmt = torch.channels_last if layout == "image" else torch.channels_last_3d

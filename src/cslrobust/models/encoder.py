@@ -25,15 +25,27 @@ class Encoder(nn.Module):
         head: Module mapping ``(B, feature_dim)`` features to the objective's output.
 
     Shape:
-        - Input: ``(B, C, H, W)`` images in [0, 1] (never pre-normalised).
+        - Input: ``(B, C, H, W)`` images in [0, 1] (never pre-normalised); clip encoders
+          ``(B, C, T, H, W)``, where ``T = K * clip_frames`` is ``K`` clips averaged in
+          :meth:`features`.
         - Output: ``(B, head_out_dim)``.
     """
 
-    def __init__(self, normalize: Normalize, backbone: Backbone, head: nn.Module) -> None:
+    def __init__(
+        self,
+        normalize: Normalize,
+        backbone: Backbone,
+        head: nn.Module,
+        *,
+        clip_frames: int | None = None,
+    ) -> None:
         super().__init__()
         self.normalize = normalize
         self.backbone = backbone
         self.head = head
+        # Clip encoders: an input of K * clip_frames frames is K clips whose features are averaged
+        # (multi-clip evaluation); training views have exactly clip_frames frames.
+        self.clip_frames = clip_frames
 
     @property
     def feature_dim(self) -> int:
@@ -53,7 +65,27 @@ class Encoder(nn.Module):
             - x: ``(B, C, H, W)`` in [0, 1].
             - Returns: ``(B, feature_dim)``.
         """
-        return self.backbone.forward_features(self.normalize(x))
+        clip_frames = self.clip_frames
+        if clip_frames is None or x.ndim != 5 or x.shape[2] == clip_frames:
+            return self.backbone.forward_features(self.normalize(x))
+        return self._clip_average(x, clip_frames)
+
+    def _clip_average(self, x: torch.Tensor, clip_frames: int) -> torch.Tensor:
+        """Mean of the features of the ``K`` consecutive ``clip_frames``-frame clips of ``x``.
+
+        Shape:
+            - x: ``(B, C, K * clip_frames, H, W)``.
+            - Returns: ``(B, feature_dim)``.
+        """
+        b, c, t, h, w = x.shape
+        if t % clip_frames:
+            raise ValueError(
+                f"a clip input of {t} frames is not a whole number of {clip_frames}-frame clips"
+            )
+        k = t // clip_frames
+        clips = x.view(b, c, k, clip_frames, h, w).transpose(1, 2).reshape(b * k, c, clip_frames, h, w)
+        features = self.backbone.forward_features(self.normalize(clips))  # (B*K, D)
+        return features.view(b, k, -1).mean(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Head output ``head(features(x))`` (see the class docstring for shapes)."""

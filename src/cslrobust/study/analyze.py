@@ -77,8 +77,10 @@ def run_analyze(
     features = feats(images)
     with torch.no_grad():
         logits = head(features)
-    # Two augmented views of every test image for alignment (the same SimCLR views as in training).
-    views = build_augment(SimCLRAugmentSection()).to(dev)
+    # Two augmented views of every test image for alignment (the same SimCLR views as in training;
+    # clips: the run's own clip preset, temporally consistent).
+    preset = SimCLRAugmentSection() if splits.layout == "image" else cfg.augment
+    views = build_augment(preset).to(dev)
     with rng_scope(make_generator(cfg.seed, "analyze_views").initial_seed(), dev):
         x01 = images.to(dev).float().div(255)
         pair = views(x01, 2)

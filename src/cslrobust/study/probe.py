@@ -56,13 +56,14 @@ def run_probe(
             encoder.features, encoder, images, batch_size=batch, device=cfg.device
         )
 
-    f_train, f_val, f_test = (features(s.images) for s in (splits.train, splits.val, splits.test))
+    train = splits.probe_train  # clips: cut like the evaluation samples
+    f_train, f_val, f_test = (features(s.images) for s in (train, splits.val, splits.test))
     assert_frozen(encoder, reference)
 
     def fit_and_write() -> dict[str, Any]:
         result = train_linear_probe(
             f_train,
-            splits.train.labels,
+            train.labels,
             f_val,
             splits.val.labels,
             num_classes=splits.num_classes,
@@ -81,7 +82,7 @@ def run_probe(
             "probe_config": cfg.probe.model_dump(mode="json"),  # a trajectory reuses it when equal
             "best_epoch": result.best_epoch,
             "val_accuracy": result.best_val_accuracy,
-            "train_accuracy": accuracy(head, f_train, splits.train.labels),
+            "train_accuracy": accuracy(head, f_train, train.labels),
             "test_accuracy": accuracy(head, f_test, splits.test.labels),
             "n_test": len(splits.test),
             "dead_features": result.dead_features,

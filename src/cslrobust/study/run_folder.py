@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from cslrobust.config import RunConfig, apply_overrides, build_run_config, load_saved_config
-from cslrobust.data import DataSplits, build_datasets, default_data_root
+from cslrobust.data import ClipSettings, DataSplits, build_datasets, default_data_root
 from cslrobust.distributed import init_distributed, main_first, on_main
 from cslrobust.errors import CheckpointError, ConfigError
 from cslrobust.models import Classifier, Encoder, build_encoder
@@ -81,6 +81,19 @@ def on_this_process(cfg: RunConfig) -> RunConfig:
 def load_data(cfg: RunConfig, *, progress: bool = True) -> DataSplits:
     """Build the train/val/test splits of a run on its device (``progress``: show data bars)."""
     data = cfg.data
+    clips = None
+    if data.layout == "clip":
+        clips = ClipSettings(
+            variant=data.variant,
+            frames=data.clip_frames,
+            view_frames=cfg.clip_frames() or data.clip_frames,
+            eval_clips=data.eval_clips,
+            stride=data.stride,
+            size=data.size,
+            split_dir=data.split_dir,
+            fold=data.fold,
+            skip_bad=data.skip_bad,
+        )
     with main_first():  # rank 0 downloads and decodes into the cache; the others then read it
         return build_datasets(
             data.name,
@@ -92,6 +105,7 @@ def load_data(cfg: RunConfig, *, progress: bool = True) -> DataSplits:
             device=cfg.device,
             download=data.download,
             progress=progress,
+            clips=clips,
         )
 
 
@@ -109,6 +123,8 @@ def build_run_encoder(cfg: RunConfig, splits: DataSplits, head_kind: HeadKind) -
         std=splits.std,
         channels_last=model.channels_last,
         stem=model.stem,
+        layout=cfg.data.layout,
+        clip_frames=cfg.clip_frames(),
     )
     return encoder.to(cfg.device)
 

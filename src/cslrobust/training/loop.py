@@ -255,6 +255,9 @@ def _resume(
     return state
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def train(
     method: TrainingMethod,
     make_views: ViewFn,
@@ -377,8 +380,8 @@ def train(
                 global_step = epoch * n_steps + step_in_epoch
                 set_lr(optimizer, float(lr_schedule[global_step]))
                 views = make_views(batch.images, n_views)  # (V*b, 3, H, W)
-                if settings.channels_last:
-                    views = views.contiguous(memory_format=torch.channels_last)
+                if settings.channels_last:  # NHWC for images, NDHWC for clips
+                    views = views.contiguous(memory_format=_CHANNELS_LAST[views.ndim])
                 # Collectives need the backend's device (NCCL: CUDA): ids travel like the outputs.
                 index = gather_equal(batch.index.to(device))
                 labels = gather_equal(batch.labels.to(device))
