@@ -75,7 +75,8 @@ class DataConfig(Section):
     # Clip data sets only (synthetic_clips, ucf101, hmdb51); each key stays out of the run id at its
     # default, and an image data set refuses any of them set.
     variant: Literal["camera", "motion_only"] = Field(
-        default="camera", description="synthetic_clips: class kept under camera motion, or = the motion"
+        default="camera",
+        description="synthetic_clips: class kept under camera motion, or = the motion",
     )
     frames: int | None = Field(
         default=None, gt=0, description="frames per clip (default 8 synthetic, 16 videos)"

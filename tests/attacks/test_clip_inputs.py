@@ -108,3 +108,37 @@ def test_linear_probe_on_a_toy_clip_model() -> None:
     with torch.no_grad():
         accuracy = (classifier(val).argmax(1) == val_labels).float().mean().item()
     assert accuracy >= 0.9, accuracy  # the tint is linearly readable from random 3D-conv features
+
+
+def test_autoattack_on_clips_runs_every_standard_attack_in_the_ball(
+    classifier: Classifier, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from cslrobust.attacks.autoattack import AutoAttackBudget, run_autoattack
+
+    x, y = _clips(6, 2)
+    eps = 8 / 255
+    budget = AutoAttackBudget(n_iter=3, n_restarts=1, n_target_classes=2, n_queries=20)
+    kwargs = {"eps": eps, "norm": "linf", "version": "standard", "seed": 0, "batch_size": 4}
+    result = run_autoattack(
+        AttackTarget(classifier), x, y, budget=budget, state_dir=tmp_path / "aa", **kwargs
+    )
+    # APGD-CE, APGD-T, FAB-T and Square (whose patches need (N, C, H, W)) all ran on the clips.
+    assert result.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
+    assert result.x_adv.shape == x.shape
+    delta = (result.x_adv - x).flatten(1).abs().amax(1)
+    assert float(delta.max()) <= eps + 1e-6 and 0.0 <= float(result.x_adv.min())
+    assert float(result.x_adv.max()) <= 1.0
+    # Every sample it calls fooled is misclassified by the clip model itself.
+    with torch.no_grad():
+        predicted = classifier(result.x_adv).argmax(1)
+    fooled = result.clean_correct & ~result.robust_correct
+    assert torch.equal(
+        predicted[fooled] != y[fooled], torch.ones(int(fooled.sum()), dtype=torch.bool)
+    )
+    assert result.robust_accuracy <= result.clean_accuracy
+    again = run_autoattack(  # resumed from the state folder: the same result
+        AttackTarget(classifier), x, y, budget=budget, state_dir=tmp_path / "aa", **kwargs
+    )
+    assert torch.equal(again.robust_correct, result.robust_correct)
+    assert torch.equal(again.x_adv, result.x_adv)
+    assert again.resumed_batches > 0

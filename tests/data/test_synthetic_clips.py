@@ -141,3 +141,36 @@ def test_clips_from_the_real_cifar10_images(cifar10_jpeg, tmp_path) -> None:  # 
         assert len(splits.train) == 40 and len(splits.val) == 10 and len(splits.test) == 10_000
         assert splits.train.images.shape[1:] == (3, 8, 32, 32)
         assert 0.3 < min(splits.mean) and max(splits.mean) < 0.6  # real photographs
+
+
+def test_build_datasets_cuts_evaluation_samples_into_model_clips(make_folder) -> None:  # type: ignore[no-untyped-def]
+    from cslrobust.data import ClipSettings, build_datasets, eval_windows
+    from cslrobust.data.video import eval_clip_indices
+
+    folder = make_folder(per_split=(4, 2))
+    common = {"root": folder.parent / "cache", "source": folder, "val_per_class": 1, "seed": 0}
+    whole = build_datasets(
+        "synthetic_clips", **common, clips=ClipSettings(frames=6, view_frames=6), progress=False
+    )
+    assert whole.train_eval is None and whole.probe_train is whole.train
+    assert whole.test.images.shape[1:3] == (3, 6)
+    cut = build_datasets(
+        "synthetic_clips",
+        **common,
+        clips=ClipSettings(frames=6, view_frames=4, eval_clips=2),
+        progress=False,
+    )
+    assert torch.equal(cut.train.images, whole.train.images)  # training clips stay whole
+    index = eval_clip_indices(6, 4, 1, 2).flatten()  # starts 0 and 2: frames 0-3, 2-5
+    assert index.tolist() == [0, 1, 2, 3, 2, 3, 4, 5]
+    for name in ("val", "test"):
+        expected = getattr(whole, name).images[:, :, index]
+        assert torch.equal(getattr(cut, name).images, expected)
+        assert torch.equal(getattr(cut, name).labels, getattr(whole, name).labels)
+    assert cut.probe_train is cut.train_eval
+    assert torch.equal(cut.probe_train.images, whole.train.images[:, :, index])
+    assert cut.mean == whole.mean  # statistics of the training frames
+    with pytest.raises(ConfigError, match="do not fit in samples of 6 frames"):
+        eval_windows(whole.test.images, 7, 1)
+    with pytest.raises(ConfigError, match="needs clip settings"):
+        build_datasets("synthetic_clips", **common, progress=False)

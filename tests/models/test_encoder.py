@@ -110,3 +110,31 @@ def test_zero_init_residual_flag() -> None:
     enc = _build(zero_init_residual=True)
     blocks = [m for m in enc.backbone.modules() if isinstance(m, BasicBlock)]
     assert blocks and all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+
+
+def test_clip_encoder_averages_features_over_whole_clips() -> None:
+    from cslrobust.models import build_encoder
+
+    torch.manual_seed(0)
+    common = {
+        "width": 4,
+        "head_kind": "classifier",
+        "num_classes": 3,
+        "proj_hidden_dim": 8,
+        "proj_dim": 4,
+        "mean": (0.5, 0.4, 0.3),
+        "std": (0.2, 0.2, 0.2),
+    }
+    encoder = build_encoder("r3d_18", clip_frames=2, **common).eval()
+    x = torch.rand(3, 3, 6, 16, 16)  # three clips of 2 frames per sample
+    with torch.no_grad():
+        averaged = encoder.features(x)
+        per_clip = [encoder.features(x[:, :, 2 * k : 2 * k + 2]) for k in range(3)]
+    torch.testing.assert_close(averaged, torch.stack(per_clip).mean(0), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # a sample of exactly one clip is the plain forward
+        plain = build_encoder("r3d_18", **common).eval()
+        plain.load_state_dict(encoder.state_dict())
+        assert torch.equal(encoder.features(x[:, :, :2]), plain.features(x[:, :, :2]))
+    assert set(encoder.state_dict()) == set(plain.state_dict())  # nothing new in checkpoints
+    with pytest.raises(ValueError, match="not a whole number of 2-frame clips"):
+        encoder.features(torch.rand(1, 3, 5, 16, 16))

@@ -47,6 +47,7 @@ How the adapter drives AutoAttack, and why:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -585,6 +586,23 @@ def run_autoattack(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
+    if images.dim() == 5:  # clips: AutoAttack's attacks take (N, C, H, W) images
+        tall = run_autoattack(
+            _ClipAsTallImage(target, frames=images.shape[2]),
+            images.flatten(2, 3),
+            labels,
+            eps=eps,
+            norm=norm,
+            version=version,
+            attacks=attacks,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            state_dir=state_dir,
+            budget=budget,
+            verbose=verbose,
+        )
+        return dataclasses.replace(tall, x_adv=tall.x_adv.reshape(images.shape))
     aa_seed = derive_seed(seed, "autoattack")
     with contextlib.nullcontext() if isinstance(target, AttackTarget) else frozen_eval(target):
         frozen = target if isinstance(target, AttackTarget) else AttackTarget(target)
@@ -605,6 +623,29 @@ def run_autoattack(
                 verbose=verbose,
                 log_sink=log_sink,
             )
+
+
+class _ClipAsTallImage(nn.Module):
+    """A clip model seen as an image model: frames stacked along the height and split back.
+
+    AutoAttack's attacks are written for ``(N, C, H, W)`` inputs (Square draws its patches over
+    ``H x W``). A clip ``(N, C, T, H, W)`` is handed to them as the tall image
+    ``(N, C, T * H, W)`` (a view: the same numbers) and this module restores the clip before the
+    model. Every threat model is a norm over all input values, so the ball is unchanged; only
+    Square's patches may straddle two frames, which is one more search direction, not a weaker
+    or stronger threat model.
+    """
+
+    def __init__(self, model: nn.Module, *, frames: int) -> None:
+        super().__init__()
+        self.model = model
+        self.frames = frames
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C, T * H, W)`` -> the model's logits on ``(N, C, T, H, W)``."""
+        n, c, rows, w = x.shape
+        logits: Tensor = self.model(x.reshape(n, c, self.frames, rows // self.frames, w))
+        return logits
 
 
 def _clean_pass(

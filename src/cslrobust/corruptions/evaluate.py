@@ -125,9 +125,9 @@ def _evaluate_conditions(
 
 
 def _check_data(images: Tensor, labels: Tensor, batch_size: int) -> None:
-    if images.ndim != 4 or images.shape[0] == 0 or labels.shape != (images.shape[0],):
+    if images.ndim not in (4, 5) or images.shape[0] == 0 or labels.shape != (images.shape[0],):
         raise ValueError(
-            f"expected images (N, 3, H, W) with N > 0 and labels (N,), "
+            f"expected images (N, 3, H, W) or clips (N, 3, T, H, W) with N > 0 and labels (N,), "
             f"got {tuple(images.shape)} and {tuple(labels.shape)}"
         )
     if batch_size < 1:
@@ -151,7 +151,8 @@ def evaluate_corruptions(
 
     Args:
         predict: Float images in [0, 1] on ``device`` -> logits.
-        images: Clean test images, ``torch.uint8`` ``(N, 3, 32, 32)``.
+        images: Clean test images, ``torch.uint8`` ``(N, 3, 32, 32)``, or clips
+            ``(N, 3, T, 32, 32)`` (corrupted frame by frame, each frame as one image).
         labels: ``(N,)`` integer labels.
         names: Corruptions to evaluate (default: the 15 benchmark corruptions).
         severities: Severities to evaluate (default 1..5).
@@ -166,9 +167,16 @@ def evaluate_corruptions(
         ``severities``.
     """
     _check_data(images, labels, batch_size)
+    clips = images.ndim == 5
+    # Clips are corrupted frame by frame: every frame is one image of the corrupted set (frame t of
+    # clip i is image i * T + t), so noise is drawn per frame, like sensor noise in a video.
+    frames = images.transpose(1, 2).flatten(0, 1) if clips else images  # (N*T | N, 3, H, W)
 
     def generate(name: str, severity: int) -> tuple[Tensor, Tensor]:
-        corrupted = corrupted_test_set(images, name, severity, seed=seed, cache_dir=cache_dir)
+        corrupted = corrupted_test_set(frames, name, severity, seed=seed, cache_dir=cache_dir)
+        if clips:
+            n, c, t, h, w = images.shape
+            corrupted = corrupted.view(n, t, c, h, w).transpose(1, 2).contiguous()
         return corrupted, labels
 
     return _evaluate_conditions(

@@ -83,7 +83,9 @@ class Encoder(nn.Module):
                 f"a clip input of {t} frames is not a whole number of {clip_frames}-frame clips"
             )
         k = t // clip_frames
-        clips = x.view(b, c, k, clip_frames, h, w).transpose(1, 2).reshape(b * k, c, clip_frames, h, w)
+        clips = (
+            x.view(b, c, k, clip_frames, h, w).transpose(1, 2).reshape(b * k, c, clip_frames, h, w)
+        )
         features = self.backbone.forward_features(self.normalize(clips))  # (B*K, D)
         return features.view(b, k, -1).mean(dim=1)
 
