@@ -338,8 +338,10 @@ def eval_clip_indices(n_frames: int, frames: int, stride: int, clips: int) -> to
 
 
 def eval_windows(clips: torch.Tensor, frames: int, count: int) -> torch.Tensor:
-    """Evaluation samples from fixed-length clips: ``count`` windows of ``frames`` frames each,
-    placed uniformly (:func:`eval_clip_indices`, stride 1) and concatenated along time.
+    """Evaluation samples from fixed-length clips: ``count`` windows concatenated along time.
+
+    The windows have ``frames`` frames each and are placed uniformly (:func:`eval_clip_indices`,
+    stride 1).
 
     A model whose clip length is ``frames`` averages its features over the windows
     (:class:`~cslrobust.models.Encoder` with ``clip_frames``). With ``count == 1`` and
