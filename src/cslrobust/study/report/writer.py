@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cslrobust.config import RunConfig
 from cslrobust.objectives import family_of
 from cslrobust.records import ensure_writable_dir, write_json_atomic
 from cslrobust.study.report.results import Note, StudyResults, current_rows
@@ -122,10 +123,38 @@ def _about(cells: Sequence[Cell], res: StudyResults, ctx: ReportContext, compute
         f"`{ctx.supervised}`, contrastive = `{ctx.contrastive}`. All numbers come from the results "
         "database; every row is in `results.csv` / `results.json`."
     ]
+    data_line = _data_line(cells)
+    if data_line:
+        lines.append(data_line)
     lines.append(compute_time)
     if missing:
         lines.append(f"**Incomplete: no results yet for {', '.join(missing)}.**")
     return Note(lines)
+
+
+def _data_line(cells: Sequence[Cell]) -> str | None:
+    """What the models saw: data set, sample layout (clip length, clips per evaluation sample), model."""
+    described: list[str] = []
+    for cell in cells:
+        cfg = cell.config
+        if not isinstance(cfg, RunConfig):
+            continue
+        data, model = cfg.data, cfg.model
+        text = f"`{data.name}`"
+        if data.layout == "clip":
+            variant = f" ({data.variant})" if data.name == "synthetic_clips" else ""
+            text += (
+                f"{variant} clips: {data.clip_frames} frames per training clip, the model sees "
+                f"{cfg.clip_frames()}-frame clips; an evaluation sample is {data.eval_clips} "
+                "uniformly placed clip(s), features averaged, attacked as one input (one eps ball "
+                "over all its frames)"
+            )
+        else:
+            text += " images"
+        text += f"; model `{model.arch}` width {model.width}"
+        if text not in described:
+            described.append(text)
+    return "Data: " + " | ".join(described) + "." if described else None
 
 
 def _markdown(title: str, intro: list[IntroLine], out: SectionOutput) -> str:
