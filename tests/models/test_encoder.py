@@ -136,5 +136,11 @@ def test_clip_encoder_averages_features_over_whole_clips() -> None:
         plain.load_state_dict(encoder.state_dict())
         assert torch.equal(encoder.features(x[:, :, :2]), plain.features(x[:, :, :2]))
     assert set(encoder.state_dict()) == set(plain.state_dict())  # nothing new in checkpoints
-    with pytest.raises(ValueError, match="not a whole number of 2-frame clips"):
-        encoder.features(torch.rand(1, 3, 5, 16, 16))
+    # 5 frames: ceil(5/2) = 3 clips starting at frames 0, 2 (rounded from 1.5) and 3.
+    with torch.no_grad():
+        y = x[:1, :, :5]
+        odd = encoder.features(y)
+        clips = [encoder.features(y[:, :, s : s + 2]) for s in (0, 2, 3)]
+    torch.testing.assert_close(odd, torch.stack(clips).mean(0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="1 frames is shorter than the model's 2"):
+        encoder.features(torch.rand(1, 3, 1, 16, 16))

@@ -71,21 +71,29 @@ class Encoder(nn.Module):
         return self._clip_average(x, clip_frames)
 
     def _clip_average(self, x: torch.Tensor, clip_frames: int) -> torch.Tensor:
-        """Mean of the features of the ``K`` consecutive ``clip_frames``-frame clips of ``x``.
+        """Mean of the features of the fewest uniformly placed ``clip_frames``-frame clips covering ``x``.
+
+        ``K = ceil(T / clip_frames)`` clips start at ``round(linspace(0, T - clip_frames, K))``: for
+        ``T = K * clip_frames`` (the evaluation samples) these are the ``K`` consecutive clips; a
+        longer training clip (the views of a temporally jittered preset are shorter than the data's
+        clips) gets overlapping ones.
 
         Shape:
-            - x: ``(B, C, K * clip_frames, H, W)``.
+            - x: ``(B, C, T, H, W)`` with ``T >= clip_frames``.
             - Returns: ``(B, feature_dim)``.
         """
         b, c, t, h, w = x.shape
-        if t % clip_frames:
+        if t < clip_frames:
             raise ValueError(
-                f"a clip input of {t} frames is not a whole number of {clip_frames}-frame clips"
+                f"a clip input of {t} frames is shorter than the model's {clip_frames}"
             )
-        k = t // clip_frames
-        clips = (
-            x.view(b, c, k, clip_frames, h, w).transpose(1, 2).reshape(b * k, c, clip_frames, h, w)
-        )
+        k = -(-t // clip_frames)
+        if t % clip_frames:
+            starts = torch.linspace(0, t - clip_frames, k).round().long()
+            index = (starts.view(-1, 1) + torch.arange(clip_frames)).flatten().to(x.device)
+            x = x.index_select(2, index)  # (B, C, K * clip_frames, H, W)
+        clips = x.reshape(b, c, k, clip_frames, h, w).transpose(1, 2)
+        clips = clips.reshape(b * k, c, clip_frames, h, w)
         features = self.backbone.forward_features(self.normalize(clips))  # (B*K, D)
         return features.view(b, k, -1).mean(dim=1)
 

@@ -23,6 +23,8 @@ def test_data_line_for_images_and_clips() -> None:
     line = _data_line([clip])
     assert line is not None
     assert line.startswith("Data: `synthetic_clips` (camera) clips: 8 frames per training clip")
-    assert "the model sees 6-frame clips; an evaluation sample is 2 uniformly placed clip(s)" in line
+    assert (
+        "the model sees 6-frame clips; an evaluation sample is 2 uniformly placed clip(s)" in line
+    )
     assert line.endswith("model `r3d_18` width 8.")
     assert _data_line([SimpleNamespace(config=SimpleNamespace(name="x"))]) is None
