@@ -481,7 +481,9 @@ def test_every_registered_section_builds_its_component_from_a_config(
         assert isinstance(detector, FalseNegativeDetector)
         assert build_objective(cfg.objective).n_views == 2 + detector.support_views
     else:
-        cfg = build_run_config({"augment": {"kind": name}})
+        clips = "image" not in AUGMENTATIONS.get(name).section.layouts
+        data = {"data": {"name": "synthetic_clips"}, "model": {"arch": "r3d_18"}} if clips else {}
+        cfg = build_run_config({"augment": {"kind": name}, **data})
         assert type(cfg.augment) is AUGMENTATIONS.get(name).section
         views = build_augment(cfg.augment)
         assert isinstance(views, ViewAugment)
