@@ -28,3 +28,16 @@ def test_channel_mean_std_constant_images() -> None:
 def test_channel_mean_std_empty() -> None:
     with pytest.raises(DataError, match="empty"):
         channel_mean_std(torch.zeros(0, 3, 2, 2, dtype=torch.uint8))
+
+
+def test_channel_mean_std_pools_sets_of_any_size_and_strided_views() -> None:
+    gen = torch.Generator().manual_seed(1)
+    videos = [torch.randint(0, 256, (t, 5, 7, 3), generator=gen, dtype=torch.uint8) for t in (3, 9)]
+    frames = [v.permute(0, 3, 1, 2) for v in videos]  # (T, 3, H, W) views, not contiguous
+    mean, std = channel_mean_std(iter(frames))
+    pixels = torch.cat([v.reshape(-1, 3) for v in videos]).double() / 255  # (pixels, 3)
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), pixels.mean(0))
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), pixels.std(0, correction=0))
+    assert channel_mean_std(torch.cat(frames)) == (mean, std)
+    with pytest.raises(DataError, match="empty"):
+        channel_mean_std([])

@@ -40,6 +40,23 @@ def test_expand_cells_resolve_paths_and_merge(tmp_path: Path):
     assert len({c.run_id() for c in cells}) == 4
 
 
+def test_video_split_dir_resolves_like_the_source(tmp_path: Path):
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        STUDY.replace(
+            "{train_per_class: 10, source: data.tar.gz}",
+            "{name: ucf101, source: UCF-101, split_dir: lists}",
+        ).replace(
+            "  train: {epochs: 2}",
+            "  train: {epochs: 2}\n  augment: {kind: simclr_clip}\n  model: {arch: r3d_18}",
+        )
+    )
+    cell = expand_study(load_study(path))[0]
+    assert (cell.data.source, cell.data.split_dir) == (tmp_path / "UCF-101", tmp_path / "lists")
+    cell = expand_study(load_study(path, ["base.data.split_dir=/abs/lists"]))[0]
+    assert cell.data.split_dir == Path("/abs/lists")
+
+
 def test_overrides_and_errors_name_the_method_and_key(tmp_path: Path):
     path = tmp_path / "study.yaml"
     path.write_text(STUDY)

@@ -95,7 +95,8 @@ class DataSplits:
     """Train, validation and test sets of one data set, plus what the model needs to know about it.
 
     Attributes:
-        train: Training set (the optional per-class subset of the official train split minus val).
+        train: Training set (the optional per-class subset of the official train split minus val);
+            videos: a :class:`VideoClipDataset` (frames in host memory, a new window each epoch).
         val: Validation set, carved from the official train split; disjoint from ``train``.
         test: The official test split.
         classes: Class names; ``classes[k]`` names label ``k``.
@@ -108,7 +109,7 @@ class DataSplits:
     The splits' :attr:`layout` (images or clips) is what augmentations and backbones must support.
     """
 
-    train: TensorImageDataset
+    train: TensorImageDataset | VideoClipDataset
     val: TensorImageDataset
     test: TensorImageDataset
     classes: tuple[str, ...]
@@ -122,9 +123,13 @@ class DataSplits:
         """The training samples in evaluation form (what a linear probe trains on).
 
         The training set itself, except for clip data whose evaluation samples are several
-        (or shorter) clips than the training clips: then ``train_eval``.
+        (or shorter) clips than the training clips, or videos (always): then ``train_eval``.
         """
-        return self.train if self.train_eval is None else self.train_eval
+        if self.train_eval is not None:
+            return self.train_eval
+        if isinstance(self.train, VideoClipDataset):
+            raise DataError("a video training set needs train_eval (its evaluation samples)")
+        return self.train
 
     @property
     def num_classes(self) -> int:
@@ -319,7 +324,9 @@ def _with_eval_windows(splits: DataSplits, clips: ClipSettings) -> DataSplits:
     if clips.eval_clips == 1 and clips.view_frames == clips.frames:
         return splits
 
-    def windows(data: TensorImageDataset) -> TensorClipDataset:
+    def windows(data: TensorImageDataset | VideoClipDataset) -> TensorClipDataset:
+        if not isinstance(data, TensorImageDataset):
+            raise TypeError("synthetic clips are held as tensors")
         images = eval_windows(data.images, clips.view_frames, clips.eval_clips)
         return TensorClipDataset(images, data.labels, data.device)
 

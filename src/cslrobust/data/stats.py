@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from cslrobust.errors import DataError
 
-_CHUNK_IMAGES = 4096
+_CHUNK_PIXELS = 4096 * 32 * 32  # pixels per channel summed at once (a 100 MB int64 chunk)
 
 
 def channel_mean_std(
-    images: torch.Tensor,
+    images: torch.Tensor | Iterable[torch.Tensor],
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Mean and (population) standard deviation of each channel, with pixels scaled to ``[0, 1]``.
 
@@ -18,26 +20,33 @@ def channel_mean_std(
     size and no float copy of the whole set is made.
 
     Args:
-        images: uint8 images, channels first.
+        images: uint8 images, channels first; or several such sets of any sizes (e.g. the frames
+            of each video as a ``(T, 3, H, W)`` view), pooled as one set.
 
     Returns:
         ``(mean, std)``, each a tuple of three floats in ``[0, 1]``.
 
     Shape:
-        images: ``(N, 3, H, W)`` uint8.
+        images: ``(N, 3, H, W)`` uint8 (each set ``(N_i, 3, H_i, W_i)``; views need not be
+        contiguous).
 
     Raises:
-        DataError: If ``images`` is empty.
+        DataError: If there is no pixel.
     """
-    if images.numel() == 0:
-        raise DataError("cannot compute channel mean/std of an empty image set; expected N >= 1")
+    sets = [images] if isinstance(images, torch.Tensor) else list(images)
     total = torch.zeros(3, dtype=torch.int64)
     total_sq = torch.zeros(3, dtype=torch.int64)
-    for chunk in images.split(_CHUNK_IMAGES):
-        values = chunk.to(device="cpu", dtype=torch.int64)  # (n, 3, H, W)
-        total += values.sum(dim=(0, 2, 3))
-        total_sq += values.square().sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3] * 255.0
+    pixels = 0
+    for image_set in sets:
+        per_image = image_set.shape[2] * image_set.shape[3]
+        for chunk in image_set.split(max(1, _CHUNK_PIXELS // max(1, per_image))):
+            values = chunk.to(device="cpu", dtype=torch.int64)  # (n, 3, H, W)
+            total += values.sum(dim=(0, 2, 3))
+            total_sq += values.square().sum(dim=(0, 2, 3))
+        pixels += image_set.shape[0] * per_image
+    if pixels == 0:
+        raise DataError("cannot compute channel mean/std of an empty image set; expected N >= 1")
+    count = pixels * 255.0
     mean = total.double() / count
     var = total_sq.double() / (count * 255.0) - mean.square()
     std = var.clamp_min(0.0).sqrt()

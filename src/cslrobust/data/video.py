@@ -10,6 +10,9 @@
   with ``allow_pickle=False``, so every video is decoded once whatever its path.
 * :func:`ucf101_split` and :func:`hmdb51_split` read the official split files into ``(path, label)``
   lists.
+* :func:`build_video_datasets` turns an official split into :class:`~cslrobust.data.DataSplits`:
+  training videos in host memory as a :class:`VideoClipDataset`, validation and test videos cut
+  once into evaluation samples on the device.
 * :func:`train_clip_indices` (``T`` frames with a stride at a random position, from an explicit
   generator) and :func:`eval_clip_indices` (several clips placed uniformly over the video) choose
   frames; :class:`VideoClipDataset` holds the decoded videos in memory, :class:`StreamingVideoDataset`
@@ -20,20 +23,24 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from tqdm import tqdm
 
 from cslrobust.data.archives import sha256_file
-from cslrobust.data.tensor_data import Batch
+from cslrobust.data.tensor_data import Batch, _check_batching, _per_rank
 from cslrobust.errors import ConfigError, DataError
 from cslrobust.layouts import Layout
 from cslrobust.seeding import make_generator
+
+if TYPE_CHECKING:  # the package imports this module
+    from cslrobust.data import ClipSettings, DataSplits
 
 __all__ = [
     "FrameCache",
@@ -42,6 +49,7 @@ __all__ = [
     "VideoClipDataset",
     "VideoEntry",
     "VideoSplit",
+    "build_video_datasets",
     "decode_frames",
     "eval_clip_indices",
     "eval_windows",
@@ -338,11 +346,9 @@ def eval_clip_indices(n_frames: int, frames: int, stride: int, clips: int) -> to
 
 
 def eval_windows(clips: torch.Tensor, frames: int, count: int) -> torch.Tensor:
-    """Evaluation samples from fixed-length clips: ``count`` windows concatenated along time.
+    """Evaluation samples from fixed-length clips: ``count`` windows, concatenated along time.
 
-    The windows have ``frames`` frames each and are placed uniformly (:func:`eval_clip_indices`,
-    stride 1).
-
+    The windows are ``frames`` frames each, placed uniformly (:func:`eval_clip_indices`, stride 1).
     A model whose clip length is ``frames`` averages its features over the windows
     (:class:`~cslrobust.models.Encoder` with ``clip_frames``). With ``count == 1`` and
     ``frames == T`` the clips are returned as they are.
@@ -391,6 +397,9 @@ def load_videos(
     size: tuple[int, int],
     *,
     skip_bad: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    progress: bool = False,
+    desc: str = "videos",
 ) -> LoadedVideos:
     """Decode (or read from the cache) every entry's frames at ``size``.
 
@@ -400,12 +409,16 @@ def load_videos(
         size: Frame ``(height, width)``.
         skip_bad: Leave out videos that cannot be decoded or are truncated, listing them in
             :attr:`LoadedVideos.skipped`; otherwise the first one is the error.
+        transform: Applied to each video's ``(T, H, W, 3)`` frames as soon as they are read, and
+            kept instead of them (e.g. cut the evaluation clips without holding every frame).
+        progress: Show a progress bar.
+        desc: The progress bar's label.
 
     Raises:
         DataError: The first bad video's one line (``skip_bad=False``), or no video was left.
     """
     kept = LoadedVideos([], [], [], [])
-    for entry in entries:
+    for entry in tqdm(entries, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         try:
             frames = cache.frames(entry.path, size)
         except DataError as error:
@@ -413,7 +426,8 @@ def load_videos(
                 raise
             kept.skipped.append((entry.path, str(error)))
             continue
-        kept.videos.append(torch.from_numpy(frames))
+        video = torch.from_numpy(frames)
+        kept.videos.append(video if transform is None else transform(video))
         kept.labels.append(entry.label)
         kept.entries.append(entry)
     if entries and not kept.videos:
@@ -424,13 +438,18 @@ def load_videos(
 
 
 class VideoClipDataset:
-    """Decoded videos held in memory; batches of one random training clip per video.
+    """Decoded videos held in host memory; batches of one random training clip per video.
+
+    Batched like :class:`~cslrobust.data.TensorImageDataset` (the training loop's protocol): one
+    permutation per epoch, rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of it, and each
+    batch is gathered on the host (uint8) and moved to :attr:`device` as float32 in [0, 1].
 
     Args:
         videos: ``(T_i, H, W, 3)`` uint8 frames per video (any lengths, one frame size).
         labels: Label per video.
         frames: Frames per clip.
         stride: Frame step inside a clip.
+        device: Where batches (and :attr:`labels`) are produced; the frames stay on the host.
 
     Attributes:
         layout: ``"clip"``.
@@ -439,15 +458,23 @@ class VideoClipDataset:
     layout: ClassVar[Layout] = "clip"
 
     def __init__(
-        self, videos: Sequence[torch.Tensor], labels: Sequence[int], *, frames: int, stride: int = 1
+        self,
+        videos: Sequence[torch.Tensor],
+        labels: Sequence[int],
+        *,
+        frames: int,
+        stride: int = 1,
+        device: str | torch.device = "cpu",
     ) -> None:
         if len(videos) != len(labels):
             raise ValueError(f"{len(videos)} videos but {len(labels)} labels")
         _span(frames, stride)
         self.videos = list(videos)
-        self.labels = torch.tensor(list(labels), dtype=torch.int64)
+        self.device = torch.device(device)
+        self.labels = torch.tensor(list(labels), dtype=torch.int64, device=self.device)
         self.frames = frames
         self.stride = stride
+        self._lengths = torch.tensor([v.shape[0] for v in self.videos], dtype=torch.int64)
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -463,22 +490,84 @@ class VideoClipDataset:
         index = eval_clip_indices(video.shape[0], self.frames, self.stride, clips)
         return torch.stack([_clip(video, row) for row in index])
 
+    def window_starts(self, generator: torch.Generator | None) -> torch.Tensor:
+        """The first frame of every video's clip for one epoch.
+
+        Uniform over the positions where the clip fits (as :func:`train_clip_indices`), one
+        ``torch.rand`` draw of ``N`` numbers from ``generator``, so a video's window does not
+        depend on the order, the batch size or the number of ranks. Without a generator every
+        clip is centred (for un-augmented passes over the training set).
+
+        Shape:
+            - Returns: ``(N,)`` int64.
+        """
+        positions = (self._lengths - _span(self.frames, self.stride) + 1).clamp_(min=1)  # (N,)
+        if generator is None:
+            return torch.div(positions - 1, 2, rounding_mode="floor")
+        draw = torch.rand(
+            len(self), generator=generator, dtype=torch.float64, device=generator.device
+        )
+        return (draw.cpu() * positions).long().clamp_(max=positions - 1)
+
+    def num_batches(self, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+        """Number of batches :meth:`batches` yields on every rank (as ``TensorImageDataset``)."""
+        _check_batching(batch_size, 0, world_size)
+        per_rank = _per_rank(len(self), drop_last, world_size)
+        return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+
     def batches(
-        self, batch_size: int, *, shuffle: bool, generator: torch.Generator, drop_last: bool
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        drop_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator[Batch]:
         """One epoch of :class:`Batch` es with ``(B, 3, frames, H, W)`` float32 clips in [0, 1].
 
-        The video order (when ``shuffle``) and every clip position come from ``generator``.
+        The video order (when ``shuffle``) is one ``randperm`` from ``generator``, then every
+        video's window (:meth:`window_starts`) from the same generator: all ranks that share the
+        generator state agree on both. Rank ``r`` takes positions ``r, r + world_size, ...`` of
+        the order, padded by wrapping around without ``drop_last`` (exactly as
+        :meth:`TensorImageDataset.batches <cslrobust.data.TensorImageDataset.batches>`).
+
+        Raises:
+            ValueError: On invalid sizes or ranks, or ``shuffle`` without a generator.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _check_batching(batch_size, rank, world_size)
         n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last else n
+        if shuffle:
+            if generator is None:
+                raise ValueError(
+                    "shuffle=True needs a generator, so that the order is reproducible"
+                )
+            order = torch.randperm(n, generator=generator, device=generator.device).cpu()
+        else:
+            order = torch.arange(n)
+        starts = self.window_starts(generator)  # (N,)
+        per_rank = _per_rank(n, drop_last, world_size)
+        if per_rank * world_size > n:  # pad by wrapping around (n > 0 here)
+            order = order.repeat(-(-per_rank * world_size // n))
+        order = order[rank : per_rank * world_size : world_size]  # (per_rank,)
+        stop = per_rank - per_rank % batch_size if drop_last else per_rank
+        offsets = self.stride * torch.arange(self.frames)  # (frames,)
+        pin = self.device.type == "cuda"
         for lo in range(0, stop, batch_size):
-            index = order[lo : lo + batch_size]
-            clips = torch.stack([self.train_clip(int(i), generator) for i in index])
-            yield Batch(index=index, images=clips.float().div_(255.0), labels=self.labels[index])
+            index = order[lo : lo + batch_size]  # (B,)
+            clips = torch.stack(
+                [
+                    self.videos[i][(starts[i] + offsets).clamp_(max=self.videos[i].shape[0] - 1)]
+                    for i in index.tolist()
+                ]
+            )  # (B, frames, H, W, 3) uint8 on the host
+            if pin:
+                clips = clips.pin_memory()
+            clips = clips.to(self.device, non_blocking=pin).permute(0, 4, 1, 2, 3)
+            images = clips.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+            index = index.to(self.device)
+            yield Batch(index=index, images=images, labels=self.labels[index])
 
 
 class StreamingVideoDataset(torch.utils.data.Dataset[tuple[int, torch.Tensor, int]]):
@@ -531,3 +620,140 @@ class StreamingVideoDataset(torch.utils.data.Dataset[tuple[int, torch.Tensor, in
         generator = make_generator(self.seed, "clip", self.epoch, i)
         index = train_clip_indices(video.shape[0], self.frames, self.stride, generator)
         return i, _clip(video, index).contiguous(), entry.label
+
+
+#: Official split readers of the video data sets, by ``data.name``.
+_SPLIT_READERS: dict[str, Callable[[Path, Path, int], VideoSplit]] = {
+    "ucf101": ucf101_split,
+    "hmdb51": hmdb51_split,
+}
+#: Frame side when ``data.size`` is not set (the R3D/R(2+1)D papers' 112x112).
+DEFAULT_VIDEO_SIZE = 112
+#: Subfolder of the data cache holding decoded frames.
+FRAME_CACHE_DIR = "video_frames"
+
+
+def build_video_datasets(
+    name: str,
+    *,
+    source: Path | None,
+    cache_root: Path,
+    train_per_class: int | None,
+    val_per_class: int,
+    seed: int,
+    device: str | torch.device,
+    progress: bool,
+    clips: ClipSettings,
+) -> DataSplits:
+    """UCF101 / HMDB51 official split ``clips.fold`` as train / validation / test sets.
+
+    The validation set is ``val_per_class`` videos per class held out of the official train list
+    (:func:`~cslrobust.data.splits.train_val_split`), the optional training subset is drawn from
+    the rest (:func:`~cslrobust.data.splits.stratified_subset`), both seeded and stratified on the
+    listed labels before anything is decoded. Every video is decoded once at ``(size, size)``
+    through the frame cache ``cache_root / "video_frames"``.
+
+    * ``train``: a :class:`VideoClipDataset` (uint8 frames in host memory, batches on ``device``)
+      handing out one random window of ``clips.frames`` frames ``clips.stride`` apart per video
+      and epoch; the view preset may cut a ``clips.view_frames`` sub-window from it.
+    * ``val`` / ``test`` (and ``train_eval``, the training videos cut the same way, for the
+      probe): :class:`~cslrobust.data.TensorClipDataset` on ``device`` whose samples are
+      ``clips.eval_clips`` uniformly placed clips of ``clips.view_frames`` frames
+      (:func:`eval_clip_indices` at ``clips.stride``) concatenated along time; the encoder
+      averages its features over them. Only the cut frames of these videos are kept.
+    * ``mean`` / ``std``: per channel over every frame of the training videos.
+
+    Args:
+        name: ``"ucf101"`` or ``"hmdb51"``.
+        source: The video folder (``<root>/<class>/<video>.avi``).
+        cache_root: Data cache folder (the frame cache lives below it).
+        train_per_class: Training videos per class; ``None`` keeps all.
+        val_per_class: Validation videos per class, out of the official train list.
+        seed: Run seed of both splits.
+        device: Where batches and evaluation samples live.
+        progress: Show a progress bar per split while decoding.
+        clips: Clip lengths, stride, size, split folder and fold, ``skip_bad``.
+
+    Returns:
+        The splits; ``skipped`` lists ``(path, reason)`` of every video left out (``skip_bad``).
+
+    Raises:
+        ConfigError: Unknown ``name``, no ``source`` / ``clips.split_dir``, or views longer than
+            the training window.
+        DataError: One line naming the file: a split file is unreadable, a listed video is
+            missing, or (without ``skip_bad``) cannot be decoded or is truncated.
+
+    Shape:
+        - train batches: ``(B, 3, frames, size, size)`` float32 in [0, 1].
+        - val / test / train_eval images: ``(N, 3, eval_clips * view_frames, size, size)`` uint8.
+    """
+    from cslrobust.data import DataSplits
+    from cslrobust.data.splits import stratified_subset, train_val_split
+    from cslrobust.data.stats import channel_mean_std
+    from cslrobust.data.tensor_data import TensorClipDataset
+
+    if name not in _SPLIT_READERS:
+        raise ConfigError(
+            f"unknown video data set {name!r}; expected one of {list(_SPLIT_READERS)}"
+        )
+    if source is None or clips.split_dir is None:
+        raise ConfigError(
+            f"data set {name!r} needs source (the video folder) and split_dir (the official split "
+            "files)"
+        )
+    if clips.view_frames > clips.frames:
+        raise ConfigError(
+            f"views of {clips.view_frames} frames do not fit in training windows of {clips.frames} "
+            "frames; expected augment.frames <= data.frames"
+        )
+    split = _SPLIT_READERS[name](Path(source), Path(clips.split_dir), clips.fold)
+    listed = torch.tensor([e.label for e in split.train], dtype=torch.int64)
+    train_idx, val_idx = train_val_split(listed, val_per_class, seed)
+    if train_per_class is not None:
+        train_idx = train_idx[stratified_subset(listed[train_idx], train_per_class, seed)]
+    side = DEFAULT_VIDEO_SIZE if clips.size is None else clips.size
+    cache = FrameCache(Path(cache_root) / FRAME_CACHE_DIR)
+
+    def cut(video: torch.Tensor) -> torch.Tensor:
+        """``(T, H, W, 3)`` frames -> ``(3, eval_clips * view_frames, H, W)`` evaluation sample."""
+        index = eval_clip_indices(video.shape[0], clips.view_frames, clips.stride, clips.eval_clips)
+        return _clip(video, index.flatten()).contiguous()
+
+    def load(entries: list[VideoEntry], split_name: str, *, evaluation: bool) -> LoadedVideos:
+        return load_videos(
+            entries,
+            cache,
+            (side, side),
+            skip_bad=clips.skip_bad,
+            transform=cut if evaluation else None,
+            progress=progress,
+            desc=f"{name} {split_name}",
+        )
+
+    def evaluation_set(samples: list[torch.Tensor], labels: list[int]) -> TensorClipDataset:
+        length = clips.eval_clips * clips.view_frames
+        images = (
+            torch.stack(samples)
+            if samples
+            else torch.empty((0, 3, length, side, side), dtype=torch.uint8)
+        )
+        return TensorClipDataset(images, torch.tensor(labels, dtype=torch.int64), device)
+
+    train = load([split.train[i] for i in train_idx.tolist()], "train", evaluation=False)
+    val = load([split.train[i] for i in val_idx.tolist()], "val", evaluation=True)
+    test = load(split.test, "test", evaluation=True)
+    # Every training frame as an image (a view of each video: no copy of the set).
+    mean, std = channel_mean_std(video.permute(0, 3, 1, 2) for video in train.videos)
+    skipped = tuple((str(path), reason) for s in (train, val, test) for path, reason in s.skipped)
+    return DataSplits(
+        train=VideoClipDataset(
+            train.videos, train.labels, frames=clips.frames, stride=clips.stride, device=device
+        ),
+        val=evaluation_set(val.videos, val.labels),
+        test=evaluation_set(test.videos, test.labels),
+        classes=split.classes,
+        mean=mean,
+        std=std,
+        skipped=skipped,
+        train_eval=evaluation_set([cut(video) for video in train.videos], train.labels),
+    )

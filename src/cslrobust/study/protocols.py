@@ -285,7 +285,7 @@ def _train_features(run: ProbedRun) -> tuple[Tensor, Tensor, Tensor]:
     feats = extract_features(
         encoder.features,
         encoder,
-        run.splits.train.images,
+        run.splits.probe_train.images,  # videos: the training clips cut as evaluation samples
         batch_size=cfg.protocols.batch_size,
         device=cfg.device,
     )
@@ -316,7 +316,7 @@ def _finetune(
         "step_size": pc.train_step_size,
         "steps": pc.train_steps,
     }
-    train = run.splits.train
+    train = run.splits.probe_train  # images: the training set itself
     if protocol == "alf":
         mean, std, dead = _train_features(run)
         head = StandardizedLinear(mean, std, dead, run.splits.num_classes, generator)

@@ -41,6 +41,7 @@ from cslrobust.training.checkpoint import PROBE_HEADER, WEIGHTS_HEADER, read_met
 
 CONFIG_FILE = "config.json"
 TRAIN_FILE = "train.json"
+SKIPPED_VIDEOS_FILE = "skipped_videos.json"  # videos left out with data.skip_bad
 PROBE_FILE = "probe.json"
 PROBE_WEIGHTS = "probe.safetensors"
 ATTACK_FILE = "attack.json"

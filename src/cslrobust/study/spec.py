@@ -200,7 +200,8 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 def load_study(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
     """Read and validate a study file; ``key.sub=value`` overrides apply to the file's mapping.
 
-    Relative ``output_dir`` and ``base.data.source`` paths are resolved against the file's folder.
+    Relative ``output_dir``, ``base.data.source`` and ``base.data.split_dir`` paths are resolved
+    against the file's folder.
 
     Raises:
         ConfigError: Naming the offending key.
@@ -217,9 +218,11 @@ def load_study(path: Path, overrides: Iterable[str] = ()) -> StudySpec:
         spec.output_dir if spec.output_dir.is_absolute() else folder / spec.output_dir
     ).resolve()
     base = copy.deepcopy(spec.base)
-    source = base.get("data", {}).get("source") if isinstance(base.get("data"), dict) else None
-    if source and not Path(source).is_absolute():
-        base["data"]["source"] = str(folder / source)
+    data_section = base.get("data")
+    for key in ("source", "split_dir"):
+        value = data_section.get(key) if isinstance(data_section, dict) else None
+        if value and not Path(value).is_absolute():
+            data_section[key] = str(folder / value)
     report_dir = spec.report_dir
     if report_dir is not None and not report_dir.is_absolute():
         report_dir = (folder / report_dir).resolve()

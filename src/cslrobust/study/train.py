@@ -20,11 +20,12 @@ from cslrobust.models import Encoder
 from cslrobust.objectives import Objective, build_objective
 from cslrobust.objectives.method import build_method
 from cslrobust.provenance import provenance
-from cslrobust.records import ensure_writable_dir
+from cslrobust.records import ensure_writable_dir, write_json_atomic
 from cslrobust.seeding import derive_seed
 from cslrobust.study.run_folder import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    SKIPPED_VIDEOS_FILE,
     TRAIN_FILE,
     init_run_encoder,
     load_data,
@@ -86,6 +87,9 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
 
     tic = time.perf_counter()
     splits = load_data(cfg, progress=progress)
+    if splits.skipped:  # data.skip_bad: which videos the run did without, and why
+        skipped = [{"path": path, "reason": reason} for path, reason in splits.skipped]
+        on_main(lambda: write_json_atomic(run_dir / SKIPPED_VIDEOS_FILE, skipped))
     objective = build_objective(cfg.objective)
     encoder = init_run_encoder(cfg, splits, objective.head_kind)
     make_views = build_augment(cfg.augment).to(cfg.device)
@@ -160,6 +164,7 @@ def run_train(cfg: RunConfig, *, resume: bool = False, progress: bool = True) ->
         "epochs": result.epochs_completed,
         "resumed_from": result.resumed_from,
         "train_images": len(splits.train),
+        "skipped_videos": len(splits.skipped),
         "processes": context().world_size,
         "peak_lr": tr.peak_lr(),
         "views_per_image": objective.n_views,
