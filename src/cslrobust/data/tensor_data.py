@@ -85,9 +85,7 @@ class TensorImageDataset:
             drop_last: Drop the final incomplete batch (and the remainder of ``N / world_size``).
             world_size: Number of ranks sharing the data.
         """
-        _check_batching(batch_size, 0, world_size)
-        per_rank = _per_rank(len(self), drop_last, world_size)
-        return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+        return count_batches(len(self), batch_size, drop_last, world_size)
 
     def batches(
         self,
@@ -122,25 +120,17 @@ class TensorImageDataset:
         Raises:
             ValueError: On invalid sizes or ranks, or ``shuffle`` without a generator.
         """
-        _check_batching(batch_size, rank, world_size)
-        n = len(self)
-        if shuffle:
-            if generator is None:
-                raise ValueError(
-                    "shuffle=True needs a generator, so that the order is reproducible"
-                )
-            order = torch.randperm(n, generator=generator, device=generator.device)
-        else:
-            order = torch.arange(n)
-        order = order.to(self.device)
-        per_rank = _per_rank(n, drop_last, world_size)
-        if per_rank * world_size > n:  # pad by wrapping around (n > 0 here)
-            repeats = -(-per_rank * world_size // n)
-            order = order.repeat(repeats)
-        order = order[rank : per_rank * world_size : world_size]  # (per_rank,)
-        stop = per_rank - per_rank % batch_size if drop_last else per_rank
-        for start in range(0, stop, batch_size):
-            index = order[start : start + batch_size]  # (B,)
+        order = rank_batches(
+            len(self),
+            batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            rank=rank,
+            world_size=world_size,
+        )
+        for index in order:
+            index = index.to(self.device)  # (B,)
             images = self.images[index].to(torch.float32).div_(255.0)  # (B, 3, [T,] H, W) in [0, 1]
             yield Batch(index=index, images=images, labels=self.labels[index])
 
@@ -158,6 +148,48 @@ class TensorClipDataset(TensorImageDataset):
 
     layout: ClassVar[Layout] = "clip"
     _shape: ClassVar[str] = "(N, 3, T, H, W)"
+
+
+def count_batches(n: int, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
+    """Batches per rank of :func:`rank_batches` over ``n`` samples."""
+    _check_batching(batch_size, 0, world_size)
+    per_rank = _per_rank(n, drop_last, world_size)
+    return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+
+
+def rank_batches(
+    n: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None,
+    drop_last: bool,
+    rank: int,
+    world_size: int,
+) -> list[torch.Tensor]:
+    """The sample indices of every batch of one epoch on ``rank`` (the loop's batching protocol).
+
+    One permutation of ``range(n)`` from ``generator`` (``arange`` without ``shuffle``), on the
+    generator's device; rank ``r`` takes positions ``r, r + world_size, ...``, padded by wrapping
+    around without ``drop_last``. Drawn at once (not lazily), so a caller can draw more from the
+    same generator afterwards in a fixed order.
+
+    Raises:
+        ValueError: On invalid sizes or ranks, or ``shuffle`` without a generator.
+    """
+    _check_batching(batch_size, rank, world_size)
+    if shuffle:
+        if generator is None:
+            raise ValueError("shuffle=True needs a generator, so that the order is reproducible")
+        order = torch.randperm(n, generator=generator, device=generator.device)
+    else:
+        order = torch.arange(n)
+    per_rank = _per_rank(n, drop_last, world_size)
+    if per_rank * world_size > n:  # pad by wrapping around (n > 0 here)
+        order = order.repeat(-(-per_rank * world_size // n))
+    order = order[rank : per_rank * world_size : world_size]  # (per_rank,)
+    stop = per_rank - per_rank % batch_size if drop_last else per_rank
+    return [order[start : start + batch_size] for start in range(0, stop, batch_size)]
 
 
 def _check_batching(batch_size: int, rank: int, world_size: int) -> None:

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from cslrobust.data.archives import sha256_file
-from cslrobust.data.tensor_data import Batch, _check_batching, _per_rank
+from cslrobust.data.tensor_data import Batch, count_batches, rank_batches
 from cslrobust.errors import ConfigError, DataError
 from cslrobust.layouts import Layout
 from cslrobust.seeding import make_generator
@@ -511,9 +511,7 @@ class VideoClipDataset:
 
     def num_batches(self, batch_size: int, drop_last: bool, world_size: int = 1) -> int:
         """Number of batches :meth:`batches` yields on every rank (as ``TensorImageDataset``)."""
-        _check_batching(batch_size, 0, world_size)
-        per_rank = _per_rank(len(self), drop_last, world_size)
-        return per_rank // batch_size if drop_last else -(-per_rank // batch_size)
+        return count_batches(len(self), batch_size, drop_last, world_size)
 
     def batches(
         self,
@@ -536,26 +534,20 @@ class VideoClipDataset:
         Raises:
             ValueError: On invalid sizes or ranks, or ``shuffle`` without a generator.
         """
-        _check_batching(batch_size, rank, world_size)
-        n = len(self)
-        if shuffle:
-            if generator is None:
-                raise ValueError(
-                    "shuffle=True needs a generator, so that the order is reproducible"
-                )
-            order = torch.randperm(n, generator=generator, device=generator.device).cpu()
-        else:
-            order = torch.arange(n)
-        starts = self.window_starts(generator)  # (N,)
-        per_rank = _per_rank(n, drop_last, world_size)
-        if per_rank * world_size > n:  # pad by wrapping around (n > 0 here)
-            order = order.repeat(-(-per_rank * world_size // n))
-        order = order[rank : per_rank * world_size : world_size]  # (per_rank,)
-        stop = per_rank - per_rank % batch_size if drop_last else per_rank
+        order = rank_batches(
+            len(self),
+            batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=drop_last,
+            rank=rank,
+            world_size=world_size,
+        )
+        starts = self.window_starts(generator)  # (N,), drawn after the order
         offsets = self.stride * torch.arange(self.frames)  # (frames,)
         pin = self.device.type == "cuda"
-        for lo in range(0, stop, batch_size):
-            index = order[lo : lo + batch_size]  # (B,)
+        for index in order:
+            index = index.cpu()  # (B,)
             clips = torch.stack(
                 [
                     self.videos[i][(starts[i] + offsets).clamp_(max=self.videos[i].shape[0] - 1)]
