@@ -349,6 +349,26 @@ def test_errors(toy_model: nn.Module, toy_test_data: Data) -> None:
         AutoAttackBudget(n_iter=0)
 
 
+def test_dlr_attacks_refuse_too_few_classes() -> None:
+    three = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))  # 3 classes: APGD-T's DLR needs 4
+    images, labels = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(
+        ConfigError, match="apgd-t \\(DLR loss\\) needs at least 4 classes, the model has 3"
+    ):
+        run_autoattack(AttackTarget(three), images, labels, eps=0.1, seed=0)
+    result = run_autoattack(  # cross-entropy attacks are fine
+        AttackTarget(three),
+        images,
+        labels,
+        eps=0.1,
+        version="custom",
+        attacks=["apgd-ce"],
+        seed=0,
+        budget=AutoAttackBudget(n_iter=2),
+    )
+    assert result.attacks == ("apgd-ce",)
+
+
 @pytest.mark.parametrize(("norm", "eps"), [("linf", 8 / 255), ("l2", 0.4)])
 def test_pgd_agrees_with_reference_apgd_ce(
     toy_model: nn.Module, toy_test_data: Data, norm: Norm, eps: float

@@ -42,12 +42,12 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
     for split, count in (("train", 8), ("test", 2)):
-        for k, name in enumerate(("a", "b", "c")):
+        for k, name in enumerate(("a", "b", "c", "d")):  # 4 classes: AutoAttack's APGD-T needs them
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(count):
                 pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
-                pixels[..., k] = 255  # a class colour, so the probe has something to find
+                pixels[..., k % 3] = 255 if k < 3 else 0  # a class colour for the probe to find
                 Image.fromarray(pixels, mode="RGB").save(folder / f"{i}.png")
     return root
 
@@ -83,3 +83,63 @@ def test_objective_trains_on_clips(objective: dict, image_folder: Path, tmp_path
     assert np.isfinite(record["history"][-1]["loss"])
     probe = run_probe(cfg.run_dir, config=cfg, progress=False)
     assert 0.0 <= probe["test_accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_every_evaluation_stage_runs_on_clips(image_folder: Path, tmp_path: Path) -> None:
+    """attack, gates, analyze and evaluate (sweeps, AutoAttack, FAB, corruptions) on a clip run whose
+    evaluation samples are two averaged clips; the eps-0 gates hold on the 5-D path."""
+    from cslrobust.study.analyze import run_analyze
+    from cslrobust.study.attack import run_attack
+    from cslrobust.study.evaluate import run_evaluate
+    from cslrobust.study.gates import run_gates_stage
+
+    cfg = build_run_config(
+        {
+            "name": "clip",
+            "output_dir": str(tmp_path),
+            "data": {
+                "name": "synthetic_clips",
+                "source": str(image_folder),
+                "root": str(tmp_path / "cache"),
+                "frames": 4,
+                "eval_clips": 2,
+                "val_per_class": 2,
+            },
+            "augment": {"kind": "simclr_clip", "frames": 3},
+            "model": {"arch": "r3d_18", "width": 4, "channels_last": False},
+            "objective": {"name": "supervised"},
+            "train": {"epochs": 1, "batch_size": 6, "lr": 0.05, "tensorboard": False},
+            "probe": {"epochs": 2},
+            "attack": {"attacks": ["fgsm", "pgd"], "eps_linf": ["1/255", "4/255"], "steps": 2},
+            "gates": {"n_images": 6},
+            "geometry": {"n_images": 6, "sensitivity_images": 4, "tsne_points": 4},
+            "evaluation": {
+                "n_images": 6,
+                "eps_linf": ["1/255"],
+                "eps_l2": [0.1],
+                "steps": 2,
+                "convergence_restarts": 2,
+                "autoattack_eps_linf": ["1/255"],
+                "fab_images": 3,
+                "fab_n_iter": 3,
+                "corruptions": ["gaussian_noise"],
+                "severities": [1],
+                "corruption_images": 6,
+            },
+        }
+    )
+    run_train(cfg, progress=False)
+    run_probe(cfg.run_dir, config=cfg, progress=False)
+    attack = run_attack(cfg.run_dir, config=cfg, progress=False)
+    for row in attack["results"]:
+        assert row["robust_accuracy"] <= row["clean_accuracy"]
+        assert row["max_perturbation"] <= row["eps"] + 1e-6
+    gates = run_gates_stage(cfg.run_dir, config=cfg, progress=False)
+    by_name = {g["name"]: g for g in gates["gates"]}
+    assert by_name["eps_zero_path[pgd/linf]"]["passed"]
+    assert by_name["input_gradients"]["passed"]
+    analysis = run_analyze(cfg.run_dir, config=cfg, progress=False)
+    assert np.isfinite(analysis["metrics"]["uniformity"])
+    evaluation = run_evaluate(cfg.run_dir, config=cfg, progress=False)
+    assert evaluation["autoattack"] and evaluation["corruptions"]["rows"] and evaluation["fab"]

@@ -280,6 +280,15 @@ def build_autoattack(
         seed=seed,
         version=version,
     )
+    if n_classes is not None:
+        for name in aa.attacks_to_run or []:
+            needed = _DLR_MIN_CLASSES.get(name, 0)
+            if n_classes < needed:
+                raise ConfigError(
+                    f"AutoAttack's {name} (DLR loss) needs at least {needed} classes, the model has "
+                    f"{n_classes}; expected autoattack_version: custom with attacks that use "
+                    "cross-entropy (e.g. [apgd-ce, fab, square])"
+                )
     notes: list[str] = []
     budget = budget or AutoAttackBudget()
     if budget.n_iter is not None or budget.n_restarts is not None:
@@ -623,6 +632,11 @@ def run_autoattack(
                 verbose=verbose,
                 log_sink=log_sink,
             )
+
+
+# The DLR loss divides by the gap between the largest and the 3rd (untargeted) or the mean of the
+# 3rd and 4th (targeted) largest logits: fewer classes index out of bounds inside pyautoattack.
+_DLR_MIN_CLASSES = {"apgd-dlr": 3, "apgd-t": 4}
 
 
 class _ClipAsTallImage(nn.Module):
