@@ -110,10 +110,12 @@ def test_linear_probe_on_a_toy_clip_model() -> None:
     assert accuracy >= 0.9, accuracy  # the tint is linearly readable from random 3D-conv features
 
 
-def test_autoattack_on_clips_runs_every_standard_attack_in_the_ball(
-    classifier: Classifier, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
+def test_autoattack_on_clips_runs_every_standard_attack_in_the_ball(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from cslrobust.attacks.autoattack import AutoAttackBudget, run_autoattack
+
+    encoder = _encoder()
+    with rng_scope(1):  # 4 classes: APGD-T's targeted DLR loss needs them
+        classifier = Classifier(encoder, LinearHead(encoder.feature_dim, 4)).eval()
 
     x, y = _clips(6, 2)
     eps = 8 / 255
