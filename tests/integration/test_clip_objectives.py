@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cslrobust.config import build_run_config
+from cslrobust.config import RunConfig, build_run_config
 from cslrobust.objectives import FN_DETECTORS, OBJECTIVES
 from cslrobust.study.probe import run_probe
 from cslrobust.study.train import run_train
@@ -37,19 +37,45 @@ CASES = [pytest.param(section, id=name) for name, section in OBJECTIVE_SECTIONS.
 ]
 
 
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("images")
+def _write_folder(root: Path, size: int) -> Path:
     rng = np.random.default_rng(0)
     for split, count in (("train", 8), ("test", 2)):
         for k, name in enumerate(("a", "b", "c", "d")):  # 4 classes: AutoAttack's APGD-T needs them
             folder = root / split / name
             folder.mkdir(parents=True)
             for i in range(count):
-                pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
                 pixels[..., k % 3] = 255 if k < 3 else 0  # a class colour for the probe to find
                 Image.fromarray(pixels, mode="RGB").save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_folder(tmp_path_factory.mktemp("images"), 16)
+
+
+def _clip_config(image_folder: Path, tmp_path: Path, **sections: dict) -> RunConfig:
+    """A one-epoch R3D-18 (width 4) run on clips rendered from ``image_folder``, plus ``sections``."""
+    return build_run_config(
+        {
+            "name": "clip",
+            "output_dir": str(tmp_path),
+            "data": {
+                "name": "synthetic_clips",
+                "source": str(image_folder),
+                "root": str(tmp_path / "cache"),
+                "frames": 4,
+                "eval_clips": 2,
+                "val_per_class": 2,
+            },
+            "augment": {"kind": "simclr_clip", "frames": 3},
+            "model": {"arch": "r3d_18", "width": 4, "channels_last": False},
+            "train": {"epochs": 1, "batch_size": 6, "lr": 0.05, "tensorboard": False},
+            "probe": {"epochs": 2},
+            **sections,
+        }
+    )
 
 
 def test_every_objective_and_detector_is_covered() -> None:
@@ -59,25 +85,7 @@ def test_every_objective_and_detector_is_covered() -> None:
 
 @pytest.mark.parametrize("objective", CASES)
 def test_objective_trains_on_clips(objective: dict, image_folder: Path, tmp_path: Path) -> None:
-    cfg = build_run_config(
-        {
-            "name": "clip",
-            "output_dir": str(tmp_path),
-            "data": {
-                "name": "synthetic_clips",
-                "source": str(image_folder),
-                "root": str(tmp_path / "cache"),
-                "frames": 4,
-                "eval_clips": 2,
-                "val_per_class": 2,
-            },
-            "augment": {"kind": "simclr_clip", "frames": 3},
-            "model": {"arch": "r3d_18", "width": 4, "channels_last": False},
-            "objective": objective,
-            "train": {"epochs": 1, "batch_size": 6, "lr": 0.05, "tensorboard": False},
-            "probe": {"epochs": 2},
-        }
-    )
+    cfg = _clip_config(image_folder, tmp_path, objective=objective)
     record = run_train(cfg, progress=False)
     assert record["history"][-1]["epoch"] == 1
     assert np.isfinite(record["history"][-1]["loss"])
@@ -86,7 +94,7 @@ def test_objective_trains_on_clips(objective: dict, image_folder: Path, tmp_path
 
 
 @pytest.mark.slow
-def test_every_evaluation_stage_runs_on_clips(image_folder: Path, tmp_path: Path) -> None:
+def test_every_evaluation_stage_runs_on_clips(tmp_path: Path) -> None:
     """attack, gates, analyze and evaluate (sweeps, AutoAttack, FAB, corruptions) on a clip run whose
     evaluation samples are two averaged clips; the eps-0 gates hold on the 5-D path."""
     from cslrobust.study.analyze import run_analyze
@@ -94,40 +102,27 @@ def test_every_evaluation_stage_runs_on_clips(image_folder: Path, tmp_path: Path
     from cslrobust.study.evaluate import run_evaluate
     from cslrobust.study.gates import run_gates_stage
 
-    cfg = build_run_config(
-        {
-            "name": "clip",
-            "output_dir": str(tmp_path),
-            "data": {
-                "name": "synthetic_clips",
-                "source": str(image_folder),
-                "root": str(tmp_path / "cache"),
-                "frames": 4,
-                "eval_clips": 2,
-                "val_per_class": 2,
-            },
-            "augment": {"kind": "simclr_clip", "frames": 3},
-            "model": {"arch": "r3d_18", "width": 4, "channels_last": False},
-            "objective": {"name": "supervised"},
-            "train": {"epochs": 1, "batch_size": 6, "lr": 0.05, "tensorboard": False},
-            "probe": {"epochs": 2},
-            "attack": {"attacks": ["fgsm", "pgd"], "eps_linf": ["1/255", "4/255"], "steps": 2},
-            "gates": {"n_images": 6},
-            "geometry": {"n_images": 6, "sensitivity_images": 4, "tsne_points": 4},
-            "evaluation": {
-                "n_images": 6,
-                "eps_linf": ["1/255"],
-                "eps_l2": [0.1],
-                "steps": 2,
-                "convergence_restarts": 2,
-                "autoattack_eps_linf": ["1/255"],
-                "fab_images": 3,
-                "fab_n_iter": 3,
-                "corruptions": ["gaussian_noise"],
-                "severities": [1],
-                "corruption_images": 6,
-            },
-        }
+    image_folder = _write_folder(tmp_path / "images", 32)  # corruptions take CIFAR's 32x32
+    cfg = _clip_config(
+        image_folder,
+        tmp_path,
+        objective={"name": "supervised"},
+        attack={"attacks": ["fgsm", "pgd"], "eps_linf": ["1/255", "4/255"], "steps": 2},
+        gates={"n_images": 6},
+        geometry={"n_images": 6, "sensitivity_images": 4, "tsne_points": 4},
+        evaluation={
+            "n_images": 6,
+            "eps_linf": ["1/255"],
+            "eps_l2": [0.1],
+            "steps": 2,
+            "convergence_restarts": 2,
+            "autoattack_eps_linf": ["1/255"],
+            "fab_images": 3,
+            "fab_n_iter": 3,
+            "corruptions": ["gaussian_noise"],
+            "severities": [1],
+            "corruption_images": 6,
+        },
     )
     run_train(cfg, progress=False)
     run_probe(cfg.run_dir, config=cfg, progress=False)
