@@ -89,6 +89,10 @@ class DataConfig(Section):
         default=1, gt=0, description="clips per evaluation sample, uniformly placed, averaged"
     )
     skip_bad: bool = Field(default=False, description="videos: skip undecodable files, listed")
+    streaming: bool = Field(
+        default=False,
+        description="videos: read training frames from the frame cache when used (memory maps)",
+    )
 
     later_defaults: ClassVar[dict[str, object]] = {
         "variant": "camera",
@@ -99,6 +103,7 @@ class DataConfig(Section):
         "fold": 1,
         "eval_clips": 1,
         "skip_bad": False,
+        "streaming": False,
     }
 
     @property
@@ -141,7 +146,9 @@ _CLIP_KEY_SCOPE: dict[str, tuple[str, ...]] = {
     "variant": ("synthetic_clips",),
     "frames": CLIP_DATASETS,
     "eval_clips": CLIP_DATASETS,
-    **{k: _VIDEO_DATASETS for k in ("stride", "size", "split_dir", "fold", "skip_bad")},
+    **{
+        k: _VIDEO_DATASETS for k in ("stride", "size", "split_dir", "fold", "skip_bad", "streaming")
+    },
 }
 
 
@@ -623,7 +630,8 @@ class RunConfig(Section):
         identity["data"] = {
             k: v
             for k, v in identity["data"].items()
-            if k not in ("root", "download") and data_later.get(k, _MISSING) != v
+            # streaming reads the same frames from disk instead of memory: not part of the id
+            if k not in ("root", "download", "streaming") and data_later.get(k, _MISSING) != v
         }
         # torch.compile is an execution detail; train options added after the first release count
         # only when changed, so the ids of earlier runs stay valid.

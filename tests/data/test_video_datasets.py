@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -303,3 +304,40 @@ def test_train_probe_attack_on_a_fake_ucf101_tree(tmp_path: Path) -> None:
         assert row["robust_accuracy"] <= row["clean_accuracy"]
         if row["eps"] == 0.0:
             assert row["robust_accuracy"] == row["clean_accuracy"]
+
+
+def test_streaming_reads_the_same_frames_from_the_cache_files(
+    ucf: tuple[Path, Path, DataSplits], cache: Path
+) -> None:
+    root, lists, in_memory = ucf
+    streamed = build("ucf101", root, clip_settings(lists, streaming=True), cache)
+    # The training videos are memory maps of the cache files, not copies in host memory.
+    mapped = FrameCache(cache / "video_frames", mmap=True).frames(
+        next(iter(sorted(root.rglob("*.avi")))), (SIDE, SIDE)
+    )
+    assert isinstance(mapped, np.memmap)
+    assert streamed.mean == in_memory.mean and streamed.std == in_memory.std
+    for name in ("val", "test", "train_eval"):
+        assert torch.equal(getattr(streamed, name).images, getattr(in_memory, name).images)
+
+    def epoch(splits: DataSplits) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(3)
+        batches = splits.train.batches(2, shuffle=True, generator=gen, drop_last=False)
+        return [b.images for b in batches]
+
+    assert all(torch.equal(a, b) for a, b in zip(epoch(streamed), epoch(in_memory), strict=True))
+
+
+def test_streaming_is_a_video_key_outside_the_run_id() -> None:
+    from cslrobust.config import build_run_config
+    from cslrobust.errors import ConfigError
+
+    base = {
+        "data": {"name": "ucf101", "source": "/v", "split_dir": "/s"},
+        "model": {"arch": "r3d_18", "stem": "kinetics"},
+        "augment": {"kind": "simclr_clip"},
+    }
+    streamed = {**base, "data": {**base["data"], "streaming": True}}
+    assert build_run_config(streamed).run_id() == build_run_config(base).run_id()
+    with pytest.raises(ConfigError, match="streaming applies to ucf101 / hmdb51 only"):
+        build_run_config({"data": {"name": "cifar10", "streaming": True}})

@@ -158,6 +158,7 @@ class ClipSettings:
         split_dir: Videos: the folder of the official split files.
         fold: Videos: official split 1-3.
         skip_bad: Videos: leave out undecodable files (listed in :attr:`DataSplits.skipped`).
+        streaming: Videos: training frames as memory maps of the frame cache (read when used).
     """
 
     variant: str = "camera"
@@ -169,6 +170,7 @@ class ClipSettings:
     split_dir: Path | None = None
     fold: int = 1
     skip_bad: bool = False
+    streaming: bool = False
 
 
 def default_data_root() -> Path:

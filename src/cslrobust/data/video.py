@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,12 +121,15 @@ class FrameCache:
         root: The cache folder (created on first write).
 
     Every video is decoded once: a later request for the same bytes at the same size (under any
-    path) reads the array back. A cache file that does not hold a uint8 ``(T, H, W, 3)`` array of
+    path) reads the array back. With ``mmap`` the arrays are read-only memory maps of the cache
+    files (``data.streaming``): frames are read from disk when indexed and the operating system
+    may drop them from memory again, so a training set larger than the host's memory can be used. A cache file that does not hold a uint8 ``(T, H, W, 3)`` array of
     the expected size (damaged, or written by something else) is decoded again and replaced.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, mmap: bool = False) -> None:
         self.root = Path(root)
+        self.mmap = mmap
 
     def entry(self, digest: str, size: tuple[int, int] | None) -> Path:
         """The cache file of a video with SHA-256 ``digest`` decoded at ``size``."""
@@ -148,14 +152,15 @@ class FrameCache:
             return cached
         frames = decode_frames(path, size)
         self._write(entry, frames)
+        if self.mmap:  # hand out the file-backed copy: its pages can leave memory again
+            return self._read(entry, size) or frames
         return frames
 
-    @staticmethod
-    def _read(entry: Path, size: tuple[int, int] | None) -> Frames | None:
+    def _read(self, entry: Path, size: tuple[int, int] | None) -> Frames | None:
         if not entry.is_file():
             return None
         try:
-            array = np.load(entry, allow_pickle=False)
+            array = np.load(entry, allow_pickle=False, mmap_mode="r" if self.mmap else None)
         except (OSError, ValueError):
             return None
         ok = array.dtype == np.uint8 and array.ndim == 4 and array.shape[0] > 0
@@ -426,7 +431,9 @@ def load_videos(
                 raise
             kept.skipped.append((entry.path, str(error)))
             continue
-        video = torch.from_numpy(frames)
+        with warnings.catch_warnings():  # memory maps are read-only; nothing here writes to them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            video = torch.from_numpy(frames)
         kept.videos.append(video if transform is None else transform(video))
         kept.labels.append(entry.label)
         kept.entries.append(entry)
@@ -655,6 +662,10 @@ def build_video_datasets(
       averages its features over them. Only the cut frames of these videos are kept.
     * ``mean`` / ``std``: per channel over every frame of the training videos.
 
+    With ``clips.streaming`` the training videos are memory maps of the frame-cache files
+    (:class:`FrameCache` with ``mmap``): the same frames, windows and numbers, read from disk
+    when a batch indexes them instead of held in host memory.
+
     Args:
         name: ``"ucf101"`` or ``"hmdb51"``.
         source: The video folder (``<root>/<class>/<video>.avi``).
@@ -704,7 +715,7 @@ def build_video_datasets(
     if train_per_class is not None:
         train_idx = train_idx[stratified_subset(listed[train_idx], train_per_class, seed)]
     side = DEFAULT_VIDEO_SIZE if clips.size is None else clips.size
-    cache = FrameCache(Path(cache_root) / FRAME_CACHE_DIR)
+    cache = FrameCache(Path(cache_root) / FRAME_CACHE_DIR, mmap=clips.streaming)
 
     def cut(video: torch.Tensor) -> torch.Tensor:
         """``(T, H, W, 3)`` frames -> ``(3, eval_clips * view_frames, H, W)`` evaluation sample."""

@@ -94,6 +94,7 @@ def load_data(cfg: RunConfig, *, progress: bool = True) -> DataSplits:
             split_dir=data.split_dir,
             fold=data.fold,
             skip_bad=data.skip_bad,
+            streaming=data.streaming,
         )
     with main_first():  # rank 0 downloads and decodes into the cache; the others then read it
         return build_datasets(
