@@ -79,9 +79,7 @@ def test_clip_backbone_and_views_on_image_data_fail_at_config_time() -> None:
     ],
 )
 def test_clip_keys_out_of_place_are_one_line_errors(data: dict, expected: str) -> None:
-    values = _with(data=data) if data["name"] != "cifar10" else {"data": data}
-    if data["name"] != "synthetic_clips":
-        values["data"] = data
+    values = {"data": data} if data["name"] == "cifar10" else {**_with(), "data": data}
     assert expected in _one_line_error(values)
 
 

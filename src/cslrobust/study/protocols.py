@@ -89,28 +89,17 @@ PREFIX = "protocol/"
 """Prefix of the stage's metrics: ``protocol/<p>/...``."""
 
 #: What is read back from a protocol's evaluation and training records (resume).
+_SELECTION_FIELDS = {
+    "run_id": Str(),
+    "protocol": Str(),
+    "checkpoint_epoch": Int(minimum=0),
+    "selected_epoch": Int(minimum=0),
+    "val_robust_accuracy": Float(),
+}
 EVAL_RECORD = Record(
-    required={
-        "run_id": Str(),
-        "protocol": Str(),
-        "checkpoint_epoch": Int(minimum=0),
-        "selected_epoch": Int(minimum=0),
-        "val_robust_accuracy": Float(),
-        "val_n": Int(minimum=0),
-        "clean": Record(),
-        "pgd": Record(),
-    }
+    required={**_SELECTION_FIELDS, "val_n": Int(minimum=0), "clean": Record(), "pgd": Record()}
 )
-TRAIN_RECORD = Record(
-    required={
-        "run_id": Str(),
-        "protocol": Str(),
-        "checkpoint_epoch": Int(minimum=0),
-        "selected_epoch": Int(minimum=0),
-        "val_robust_accuracy": Float(),
-        "weights_sha256": Str(),
-    }
-)
+TRAIN_RECORD = Record(required={**_SELECTION_FIELDS, "weights_sha256": Str()})
 
 
 def record_file(protocol: str) -> str:
